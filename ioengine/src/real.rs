@@ -1,0 +1,204 @@
+//! Real disks: files opened with O_DIRECT and driven by glommio's io_uring reactor.
+//!
+//! Must be used from inside a glommio executor (see [`crate::executor`]).
+
+use crate::disk::{DirLock, Disk, DiskError, DiskFile, check_alignment};
+use glommio::io::{Directory, DmaFile, OpenOptions, ReadResult};
+use std::path::{Path, PathBuf};
+
+/// Reads larger than this are split: glommio can hang on reads above the device's max sectors
+/// (glommio issue #633), which is commonly 512 KiB or 1280 KiB.
+const READ_CHUNK_MAX: usize = 256 * 1024;
+
+fn io_error(error: glommio::GlommioError<()>) -> std::io::Error {
+    std::io::Error::from(error)
+}
+
+/// The real disk: every path is a path of the host's filesystems.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DmaDisk;
+
+/// A file opened with O_DIRECT for reading and writing.
+#[derive(Debug)]
+pub struct DmaDiskFile {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+async fn sync_dir(op: &'static str, dir: &Path) -> Result<(), DiskError> {
+    // glommio opens directories relative to nothing: give it an absolute path.
+    let dir = &std::path::absolute(dir).map_err(|e| DiskError::new(op, dir, None, e))?;
+    let err = |e| DiskError::new(op, dir, None, io_error(e));
+    let directory = Directory::open(dir).await.map_err(err)?;
+    directory.sync().await.map_err(err)?;
+    directory.close().await.map_err(err)
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+impl Disk for DmaDisk {
+    type File = DmaDiskFile;
+
+    async fn create(&self, path: &Path) -> Result<DmaDiskFile, DiskError> {
+        // DmaFile::create opens write-only; reads are needed too.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(path)
+            .await
+            .map_err(|e| DiskError::new("create", path, None, io_error(e)))?;
+        sync_dir("fsync directory after create", parent_of(path)).await?;
+        Ok(DmaDiskFile { file, path: path.to_path_buf() })
+    }
+
+    async fn open(&self, path: &Path) -> Result<DmaDiskFile, DiskError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(|e| DiskError::new("open", path, None, io_error(e)))?;
+        Ok(DmaDiskFile { file, path: path.to_path_buf() })
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+        assert_eq!(parent_of(from), parent_of(to), "renames stay inside one directory");
+        glommio::io::rename(from, to).await.map_err(|e| DiskError::new("rename", from, None, io_error(e)))?;
+        sync_dir("fsync directory after rename", parent_of(to)).await
+    }
+
+    async fn remove(&self, path: &Path) -> Result<(), DiskError> {
+        glommio::io::remove(path).await.map_err(|e| DiskError::new("remove", path, None, io_error(e)))?;
+        sync_dir("fsync directory after remove", parent_of(path)).await
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError> {
+        let mut missing = Vec::new();
+        let mut cursor = Some(path);
+        while let Some(dir) = cursor {
+            if dir.as_os_str().is_empty() || dir.exists() {
+                break;
+            }
+            missing.push(dir.to_path_buf());
+            cursor = dir.parent();
+        }
+        for dir in missing.iter().rev() {
+            std::fs::create_dir(dir).map_err(|e| DiskError::new("create directory", dir, None, e))?;
+            sync_dir("fsync directory after mkdir", parent_of(dir)).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| DiskError::new("list", dir, None, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| DiskError::new("list", dir, None, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, DiskError> {
+        let path = dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| DiskError::new("open lock file", &path, None, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock::new(Box::new(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(DiskError::new(
+                "lock",
+                &path,
+                None,
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the data directory is locked by another process (is another strata running on it?)",
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(DiskError::new("lock", &path, None, e)),
+        }
+    }
+}
+
+/// Bytes read from a [`DmaDiskFile`]: one glommio buffer, or several joined.
+#[derive(Debug)]
+pub enum DmaRead {
+    One(ReadResult),
+    Joined(Vec<u8>),
+}
+
+impl AsRef<[u8]> for DmaRead {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::One(r) => r,
+            Self::Joined(v) => v,
+        }
+    }
+}
+
+impl DiskFile for DmaDiskFile {
+    type ReadBuf = DmaRead;
+
+    async fn write_at(&self, data: &[u8], offset: u64) -> Result<(), DiskError> {
+        check_alignment("write", &self.path, offset, data.len())?;
+        let mut buf = self.file.alloc_dma_buffer(data.len());
+        buf.as_bytes_mut().copy_from_slice(data);
+        let written = self
+            .file
+            .write_at(buf, offset)
+            .await
+            .map_err(|e| DiskError::new("write", &self.path, Some(offset), io_error(e)))?;
+        if written != data.len() {
+            return Err(DiskError::new(
+                "write",
+                &self.path,
+                Some(offset),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {} bytes", data.len()),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> Result<DmaRead, DiskError> {
+        let err = |at, e| DiskError::new("read", &self.path, Some(at), io_error(e));
+        if len <= READ_CHUNK_MAX {
+            return Ok(DmaRead::One(self.file.read_at(offset, len).await.map_err(|e| err(offset, e))?));
+        }
+        let mut joined = Vec::with_capacity(len);
+        while joined.len() < len {
+            let at = offset + joined.len() as u64;
+            let want = READ_CHUNK_MAX.min(len - joined.len());
+            let chunk = self.file.read_at(at, want).await.map_err(|e| err(at, e))?;
+            joined.extend_from_slice(&chunk);
+            if chunk.len() < want {
+                break;
+            }
+        }
+        Ok(DmaRead::Joined(joined))
+    }
+
+    async fn fdatasync(&self) -> Result<(), DiskError> {
+        self.file.fdatasync().await.map_err(|e| DiskError::new("fdatasync", &self.path, None, io_error(e)))
+    }
+
+    async fn size(&self) -> Result<u64, DiskError> {
+        self.file.file_size().await.map_err(|e| DiskError::new("stat", &self.path, None, io_error(e)))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,17 @@
+//! node: the Strata shard (WAL, memtable, version clock) and the `strata` binary.
+//!
+//! It is not the I/O layer (see `strata-ioengine`) nor the byte layouts (see `strata-format`).
+//! Later: the LSM, the cold tier, the server, the client library.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod memtable;
+pub mod shard;
+pub mod sync;
+pub mod wal;
+
+pub use error::{OpenError, WriteError};
+#[cfg(feature = "mutations")]
+pub use shard::Mutation;
+pub use shard::{Shard, ShardOptions, ShardStats, StoredEntry};
+pub use wal::recovery::{RecoveryError, RecoveryReport, TornTail};
