@@ -32,7 +32,8 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let mut ready = self.ready.lock().expect("the simulation is single-threaded");
-        if !ready.queued[self.id] {
+        // A waker may outlive its task (the executor was cleared at a crash): ignore it.
+        if ready.queued.get(self.id) == Some(&false) {
             ready.queued[self.id] = true;
             ready.queue.push_back(self.id);
         }

@@ -4,4 +4,5 @@
 //! shard and its own record of what was attempted, acknowledged and observed.
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod wal_sim;

@@ -110,11 +110,30 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A key for messages: `pkey@ts`.
+fn show_key(key: &Key) -> String {
+    format!("{}@{}", String::from_utf8_lossy(&key.0), key.1)
+}
+
+/// A value or tombstone for messages: its first bytes and length.
+fn show_cell(cell: Option<&Cell_>) -> String {
+    match cell {
+        None => "absent".into(),
+        Some(None) => "tombstone".into(),
+        Some(Some(v)) => format!("{:?}.. ({} bytes)", String::from_utf8_lossy(&v[..v.len().min(24)]), v.len()),
+    }
+}
+
 impl Model {
     fn note_version(&mut self, key: &Key, version: u64, cell: &Cell_) -> Result<(), String> {
         match self.versions.get(&(key.clone(), version)) {
             Some(known) if known != cell => {
-                return Err(format!("version {version} of {key:?} reused: held {known:?}, now {cell:?}"));
+                return Err(format!(
+                    "version {version} of {} reused: held {}, now {}",
+                    show_key(key),
+                    show_cell(Some(known)),
+                    show_cell(Some(cell))
+                ));
             }
             _ => {}
         }
@@ -155,12 +174,19 @@ impl Model {
             let diff = expected
                 .iter()
                 .find(|(k, c)| recovered_cells.get(*k) != Some(*c))
-                .map(|(k, c)| format!("{k:?}: expected at least {c:?}, recovered {:?}", recovered_cells.get(k)))
+                .map(|(k, c)| {
+                    format!(
+                        "{}: expected at least {}, recovered {}",
+                        show_key(k),
+                        show_cell(Some(c)),
+                        show_cell(recovered_cells.get(k))
+                    )
+                })
                 .or_else(|| {
                     recovered_cells
                         .keys()
                         .find(|k| !expected.contains_key(*k))
-                        .map(|k| format!("{k:?} recovered but never written"))
+                        .map(|k| format!("{} recovered but never acknowledged", show_key(k)))
                 });
             return Err(format!(
                 "recovered state is no prefix of the attempted writes ({acked} acknowledged of {} attempted); first difference: {}",
@@ -173,7 +199,10 @@ impl Model {
             if let Status::Acked(version) = attempt.status {
                 let (rv, _) = recovered.get(&attempt.key).ok_or("acknowledged key missing")?;
                 if *rv < version {
-                    return Err(format!("{:?} recovered at version {rv}, below acknowledged {version}", attempt.key));
+                    return Err(format!(
+                        "{} recovered at version {rv}, below acknowledged {version}",
+                        show_key(&attempt.key)
+                    ));
                 }
             }
         }
@@ -183,20 +212,23 @@ impl Model {
                 && (version < seen_version || (version == seen_version && cell != seen_cell))
             {
                 return Err(format!(
-                    "{key:?}: a reader saw version {seen_version} ({seen_cell:?}), recovered {version} ({cell:?})"
+                    "{}: a reader saw version {seen_version} ({}), recovered {version} ({})",
+                    show_key(key),
+                    show_cell(Some(seen_cell)),
+                    show_cell(Some(cell))
                 ));
             }
             let high = self.version_high.entry(key.clone()).or_insert(0);
             if let Some((base_version, base_cell)) = self.base.get(key)
                 && (version < base_version || (version == base_version && cell != base_cell))
             {
-                return Err(format!("{key:?} went back from version {base_version} to {version}"));
+                return Err(format!("{} went back from version {base_version} to {version}", show_key(key)));
             }
             *high = (*high).max(*version);
         }
         for (key, _) in self.seen.iter() {
             if !recovered.contains_key(key) {
-                return Err(format!("{key:?} was seen by a reader but is not recovered"));
+                return Err(format!("{} was seen by a reader but is not recovered", show_key(key)));
             }
         }
         self.base = recovered;
@@ -383,8 +415,10 @@ async fn writer(
             Ok(version) => {
                 let floor = m.base.get(&key).map_or(0, |(v, _)| *v);
                 if version <= floor {
-                    *failure.borrow_mut() =
-                        Some(format!("{key:?} acknowledged at version {version}, not above recovered {floor}"));
+                    *failure.borrow_mut() = Some(format!(
+                        "{} acknowledged at version {version}, not above recovered {floor}",
+                        show_key(&key)
+                    ));
                 }
                 let high = m.version_high.entry(key.clone()).or_insert(0);
                 *high = (*high).max(version);
