@@ -449,10 +449,10 @@ pub fn decode_index(block: &DecodedBlock) -> Result<Vec<IndexEntry>, TableFormat
             return bad("malformed index entry");
         }
         let last_key = rest[16..16 + key_len].to_vec();
-        if let Some(prev) = entries.last() {
-            if prev.last_key >= last_key || prev.offset + u64::from(prev.len) > offset {
-                return bad("index entries out of order");
-            }
+        if let Some(prev) = entries.last()
+            && (prev.last_key >= last_key || prev.offset + u64::from(prev.len) > offset)
+        {
+            return bad("index entries out of order");
         }
         entries.push(IndexEntry { last_key, offset, len });
         rest = &rest[16 + key_len..];

@@ -2,11 +2,15 @@
 //!
 //! Invariant: a key's version strictly increases over its whole life, across restarts, and two
 //! different values never share a version. The shard's [`VersionClock`] is a hybrid logical
-//! clock: `next = max(last + 1, now_us)`, never below any version the shard has seen. To survive a
+//! clock: `next = max(last + 1, min(now_us, lease - VERSION_LEASE_SPAN / 2))`, never below any
+//! version the shard has seen. To survive a
 //! crash without reissuing a version that a lost, unacknowledged write had taken, every issued
 //! version is covered by a durable *lease*: a bound written to the WAL (segment header or batch
 //! header) before any version above the previous bound is handed out. Recovery restarts the clock
-//! above the highest lease it finds, so a version once issued is never issued again.
+//! above the highest lease it finds, so a version once issued is never issued again. The wall
+//! clock may pull versions only halfway into the durable lease: the other half (2^31 versions)
+//! is headroom for the writes that arrive before the next batch renews the lease, so a shard
+//! idle for longer than the lease span does not run out of versions.
 
 pub type Version = u64;
 
@@ -56,8 +60,10 @@ impl VersionClock {
             .last
             .checked_add(1)
             .ok_or(VersionError::LeaseExhausted { last: self.last, lease: self.lease_durable })?;
-        // The wall clock pulls versions forward only as far as the durable lease allows.
-        let version = logical.max(now_us.min(self.lease_durable));
+        // The wall clock pulls versions forward only halfway into the durable lease, keeping the
+        // rest as headroom for logical increments until the next batch renews the lease.
+        let wall_limit = self.lease_durable.saturating_sub(VERSION_LEASE_SPAN / 2);
+        let version = logical.max(now_us.min(wall_limit));
         if version > self.lease_durable {
             return Err(VersionError::LeaseExhausted { last: self.last, lease: self.lease_durable });
         }
@@ -110,10 +116,28 @@ mod tests {
     #[test]
     fn version_clock_never_passes_its_durable_lease() {
         let mut clock = VersionClock::new(10, 12);
+        assert_eq!(clock.next(u64::MAX).unwrap(), 11);
         assert_eq!(clock.next(u64::MAX).unwrap(), 12);
         assert!(matches!(clock.next(0), Err(VersionError::LeaseExhausted { .. })));
         clock.lease_made_durable(clock.lease_to_record(0));
         assert_eq!(clock.next(0).unwrap(), 13);
+    }
+
+    #[test]
+    fn version_clock_keeps_headroom_after_a_long_idle() {
+        // The wall clock is far past the lease (the shard sat idle for hours): many writes must
+        // still get versions before the next batch renews the lease.
+        let lease = 1_000_000 + VERSION_LEASE_SPAN;
+        let mut clock = VersionClock::new(1_000_000, lease);
+        let now = lease + 10 * VERSION_LEASE_SPAN;
+        let mut last = 0;
+        for _ in 0..100_000 {
+            let v = clock.next(now).unwrap();
+            assert!(v > last && v <= lease);
+            last = v;
+        }
+        clock.lease_made_durable(clock.lease_to_record(now));
+        assert_eq!(clock.next(now).unwrap(), now, "the next lease lets the wall clock catch up");
     }
 
     #[test]

@@ -331,6 +331,12 @@ impl BatchEncoder {
         self.record_count == 0
     }
 
+    /// Bytes of header and records so far, before padding.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Bytes of the frame once finished (header, records, padding).
     #[must_use]
     pub fn framed_len(&self) -> usize {

@@ -87,6 +87,13 @@ fn serve(data_dir: PathBuf, shards: Option<usize>, io_memory: usize) -> i32 {
         tracing::error!("start-up checks failed; fix the findings above and start again");
         return 1;
     }
+    let _lock = match lock_data_dir(&data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 1;
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -126,10 +133,35 @@ fn serve(data_dir: PathBuf, shards: Option<usize>, io_memory: usize) -> i32 {
     code
 }
 
+/// Holds `<data-dir>/LOCK` for the life of the process: one node per data directory.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = data_dir.join("LOCK");
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(format!("{} is locked: another strata is running on this data directory", path.display()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 async fn run_shard(index: usize, dir: PathBuf, stop: Arc<AtomicBool>) -> Result<(), String> {
     let options = ShardOptions::new(&dir);
-    let (shard, report) =
-        Shard::open(DmaDisk, SystemClock, options).await.map_err(|e| format!("shard {index}: {e}"))?;
+    let (shard, report) = match Shard::open(DmaDisk, SystemClock, options).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            // One shard down means the node cannot serve its buckets: stop the others too.
+            stop.store(true, Ordering::SeqCst);
+            return Err(format!("shard {index}: {e}"));
+        }
+    };
     tracing::info!(
         shard = index,
         dir = %dir.display(),

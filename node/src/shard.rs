@@ -217,7 +217,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let mut live = recovered.live;
         let mut file_no_next = recovered.file_no_max + 1;
         let (mut prev_seq, mut prev_end) = recovered.last.unwrap_or((0, 0));
-        let seq_next = prev_seq + 1;
+        // A segment sequence is never reused, even one of a free segment.
+        let seq_next = prev_seq.max(recovered.segment_seq_max) + 1;
         // An empty last segment (a restart with no writes) is recycled in place: the new segment
         // takes its file and its predecessor, so restarts do not pile up segments.
         let recycled = if recovered.last_is_empty { live.pop() } else { None };
@@ -419,7 +420,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let fits = state
             .pending
             .back()
-            .is_some_and(|p| align_up_block(p.encoder.framed_len() + record_len) <= options.batch_bytes_max);
+            .is_some_and(|p| align_up_block(p.encoder.len() + record_len) <= options.batch_bytes_max);
         if !fits {
             state.pending.push_back(Pending { encoder: BatchEncoder::new(), record_bytes: 0, waiters: Vec::new() });
         }

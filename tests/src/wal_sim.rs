@@ -377,7 +377,14 @@ async fn writer(
             let ts = [0, 1, 7, u64::MAX][rng.below(4) as usize];
             // The clock jitters, sometimes backwards, as wall clocks do.
             let now = clock.now_us();
-            clock.set(if rng.chance(0.05) { now.saturating_sub(rng.below(1_000_000)) } else { now + rng.below(50) });
+            // Rarely it jumps hours ahead (an idle shard, or an NTP step).
+            clock.set(if rng.chance(0.05) {
+                now.saturating_sub(rng.below(1_000_000))
+            } else if rng.chance(0.003) {
+                now + (1 << 33) + rng.below(1 << 33)
+            } else {
+                now + rng.below(50)
+            });
             let op = rng.below(10);
             let mut value = format!("v{}-", rng.next_u64()).into_bytes();
             value.resize(value.len() + rng.below(600) as usize, b'x');
@@ -428,7 +435,15 @@ async fn writer(
                 Status::Acked(version)
             }
             Err(WriteError::UnknownOutcome { .. } | WriteError::NotWritten { .. }) => Status::Failed,
-            Err(WriteError::ReadOnly { .. } | WriteError::MemoryBudget { .. }) => Status::Refused,
+            Err(WriteError::ReadOnly { reason }) => {
+                // Refusing writes is legitimate only once the shard has latched read-only.
+                if shard.read_only_reason().is_none() {
+                    *failure.borrow_mut() =
+                        Some(format!("write refused as read-only ({reason}) but the shard is not latched"));
+                }
+                Status::Refused
+            }
+            Err(WriteError::MemoryBudget { .. }) => Status::Refused,
             Err(e) => {
                 *failure.borrow_mut() = Some(format!("unexpected write error: {e}"));
                 Status::Refused

@@ -20,7 +20,8 @@ pub fn segment_path(wal_dir: &Path, file_no: u32) -> PathBuf {
 #[must_use]
 pub fn parse_segment_name(name: &str) -> Option<u32> {
     let digits = name.strip_prefix("wal-")?.strip_suffix(".seg")?;
-    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // Six digits, more once file numbers pass 999,999.
+    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
@@ -36,6 +37,8 @@ mod tests {
         assert_eq!(p, Path::new("/d/wal-000042.seg"));
         assert_eq!(parse_segment_name("wal-000042.seg"), Some(42));
         assert_eq!(parse_segment_name("wal-42.seg"), None);
+        assert_eq!(parse_segment_name("wal-1234567.seg"), Some(1_234_567));
+        assert_eq!(segment_path(Path::new("/d"), 1_234_567), Path::new("/d/wal-1234567.seg"));
         assert_eq!(parse_segment_name("LOCK"), None);
     }
 }

@@ -13,7 +13,7 @@ use strata_format::BLOCK_SIZE;
 use strata_format::version::Version;
 use strata_format::wal::{
     BatchPlace, RecordRef, SEGMENT_DATA_OFFSET, SegmentHeader, SegmentInfo, WalFormatError, decode_batch,
-    decode_batch_unplaced,
+    decode_batch_unplaced, peek_batch_len,
 };
 use strata_ioengine::{Disk, DiskError, DiskFile};
 
@@ -85,6 +85,8 @@ pub struct RecoveredWal<F> {
     /// Segment files holding nothing live, free to recycle.
     pub free: Vec<(u32, F)>,
     pub file_no_max: u32,
+    /// The highest segment sequence in any valid header, live or free: never to be reused.
+    pub segment_seq_max: u64,
     /// The file of the last segment replayed, for messages.
     last_file: Option<PathBuf>,
 }
@@ -107,6 +109,7 @@ pub async fn recover<D: Disk>(
     let mut free = Vec::new();
     let mut file_no_max = 0;
     let mut lease_max = 0;
+    let mut segment_seq_max = 0;
     for name in disk.list(wal_dir).await? {
         let Some(file_no) = parse_segment_name(&name) else { continue };
         file_no_max = file_no_max.max(file_no);
@@ -122,6 +125,9 @@ pub async fn recover<D: Disk>(
             head = file.read_at(0, 2 * BLOCK_SIZE).await?.as_ref().to_vec();
             decoded = SegmentHeader::decode(&head);
         }
+        if let Ok(info) = &decoded {
+            segment_seq_max = segment_seq_max.max(info.segment_seq);
+        }
         match decoded {
             Ok(info) if info.segment_seq >= replay_from_seq => {
                 lease_max = lease_max.max(info.version_lease);
@@ -132,7 +138,7 @@ pub async fn recover<D: Disk>(
                 free.push((file_no, file));
             }
             Err(header_error) => {
-                refuse_if_batches_follow(&path, &head, &header_error)?;
+                refuse_if_batches_follow(&file, &path, &head, &header_error).await?;
                 free.push((file_no, file));
             }
         }
@@ -150,6 +156,7 @@ pub async fn recover<D: Disk>(
         live: Vec::new(),
         free,
         file_no_max,
+        segment_seq_max,
         last_file: None,
         last_is_empty: false,
     };
@@ -163,9 +170,23 @@ pub async fn recover<D: Disk>(
 
 /// A file whose header does not decode is free, unless a valid batch sits right behind the
 /// header: then the header of a live segment was damaged, and skipping it would lose writes.
-fn refuse_if_batches_follow(path: &Path, head: &[u8], header_error: &WalFormatError) -> Result<(), RecoveryError> {
+async fn refuse_if_batches_follow<F: DiskFile>(
+    file: &F,
+    path: &Path,
+    head: &[u8],
+    header_error: &WalFormatError,
+) -> Result<(), RecoveryError> {
     let Some(block1) = head.get(BLOCK_SIZE..) else { return Ok(()) };
-    match decode_batch_unplaced(block1, u64::MAX) {
+    let file_size = file.size().await?;
+    let room = file_size.saturating_sub(SEGMENT_DATA_OFFSET);
+    // Only a batch that fits in the file and passes its checksum counts.
+    let Ok(len) = peek_batch_len(block1, room) else { return Ok(()) };
+    let bytes = if len <= block1.len() {
+        block1.to_vec()
+    } else {
+        file.read_at(SEGMENT_DATA_OFFSET, len).await?.as_ref().to_vec()
+    };
+    match decode_batch_unplaced(&bytes, room) {
         Ok((_, claimed)) if claimed.offset == SEGMENT_DATA_OFFSET => Err(RecoveryError::Corrupted {
             file: path.to_path_buf(),
             offset: 0,
@@ -173,12 +194,6 @@ fn refuse_if_batches_follow(path: &Path, head: &[u8], header_error: &WalFormatEr
                 "segment header is invalid ({header_error}) but batch {} of segment {} follows it",
                 claimed.batch_seq, claimed.segment_seq
             ),
-        }),
-        // A batch longer than one block does not fit in `head`: read more to be sure.
-        Err(WalFormatError::Truncated { .. }) => Err(RecoveryError::Corrupted {
-            file: path.to_path_buf(),
-            offset: 0,
-            reason: format!("segment header is invalid ({header_error}) but a batch header follows it"),
         }),
         _ => Ok(()),
     }
