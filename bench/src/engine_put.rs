@@ -122,6 +122,7 @@ async fn measure(dir: PathBuf, writers: usize, value_bytes: usize, seconds: f64)
     options.memtable_bytes_max = 8 << 30;
     let (shard, _) = Shard::open(DmaDisk, SystemClock, options).await.map_err(|e| e.to_string())?;
     spawn_detached(shard.background());
+    spawn_detached(shard.maintenance());
     // Warm up: the first segments are being prepared, caches are cold.
     let running = Rc::new(Cell::new(true));
     let measuring = Rc::new(Cell::new(false));

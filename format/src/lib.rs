@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod key;
+pub mod manifest;
 pub mod table;
 pub mod version;
 pub mod wal;

@@ -480,8 +480,25 @@ impl Bloom {
         Self { bits: vec![0; bits.div_ceil(8)], hashes }
     }
 
+    /// The hash a key is filtered by.
+    #[must_use]
+    pub fn hash(key: &[u8]) -> u64 {
+        xxh3_64(key)
+    }
+
+    /// Inserts a key by its [`Bloom::hash`].
+    pub fn insert_hash(&mut self, h: u64) {
+        let probes: Vec<usize> = self.probes_of(h).collect();
+        for bit in probes {
+            self.bits[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+
     fn probes(&self, key: &[u8]) -> impl Iterator<Item = usize> {
-        let h = xxh3_64(key);
+        self.probes_of(xxh3_64(key))
+    }
+
+    fn probes_of(&self, h: u64) -> impl Iterator<Item = usize> {
         let (h1, h2) = (h as u32, (h >> 32) as u32 | 1);
         let nbits = self.bits.len() as u64 * 8;
         (0..self.hashes).map(move |i| (u64::from(h1.wrapping_add(i.wrapping_mul(h2))) % nbits) as usize)

@@ -80,7 +80,7 @@ impl VersionClock {
     /// The lease the next batch should record: room for the wall clock to catch up.
     #[must_use]
     pub fn lease_to_record(&self, now_us: u64) -> Version {
-        self.last.max(now_us).saturating_add(VERSION_LEASE_SPAN)
+        self.last.max(now_us).saturating_add(VERSION_LEASE_SPAN).max(self.lease_durable)
     }
 
     /// Records that `lease` is now durable (its batch was written and synced).

@@ -6,6 +6,9 @@ use std::rc::Rc;
 /// A source of wall-clock microseconds since the Unix epoch.
 pub trait Clock: Clone + 'static {
     fn now_us(&self) -> u64;
+
+    /// Waits about `us` microseconds (used to pace background work).
+    fn sleep_us(&self, us: u64) -> impl std::future::Future<Output = ()>;
 }
 
 /// The system's real-time clock.
@@ -15,6 +18,11 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_us(&self) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    }
+
+    /// Must run inside a glommio executor.
+    fn sleep_us(&self, us: u64) -> impl std::future::Future<Output = ()> {
+        crate::executor::sleep(std::time::Duration::from_micros(us))
     }
 }
 
@@ -38,5 +46,26 @@ impl SimClock {
 impl Clock for SimClock {
     fn now_us(&self) -> u64 {
         self.now_us.get()
+    }
+
+    /// Simulated time passes at once; the caller still yields to other tasks once.
+    fn sleep_us(&self, us: u64) -> impl std::future::Future<Output = ()> {
+        self.now_us.set(self.now_us.get().saturating_add(us));
+        YieldOnce(false)
+    }
+}
+
+/// Returns `Pending` once (waking itself), then `Ready`.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }

@@ -78,6 +78,8 @@ pub trait Disk: Clone + 'static {
     async fn remove(&self, path: &Path) -> Result<(), DiskError>;
     /// Creates a directory and its parents if missing, fsyncing each parent it changed.
     async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError>;
+    /// Makes every entry of a directory durable (an fsync of the directory).
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
     /// Names of the entries of a directory, sorted.
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError>;
     /// Takes the exclusive lock of a data directory, or says who holds it.

@@ -3,7 +3,7 @@
 //! Must be used from inside a glommio executor (see [`crate::executor`]).
 
 use crate::disk::{DirLock, Disk, DiskError, DiskFile, check_alignment};
-use glommio::io::{Directory, DmaFile, OpenOptions, ReadResult};
+use glommio::io::{DmaFile, OpenOptions, ReadResult};
 use std::path::{Path, PathBuf};
 
 /// Reads larger than this are split: glommio can hang on reads above the device's max sectors
@@ -25,13 +25,11 @@ pub struct DmaDiskFile {
     path: PathBuf,
 }
 
+/// A full `fsync` of a directory (glommio's directory sync is an fdatasync, which need not
+/// persist a new or removed entry). It blocks the core briefly; namespace changes are rare.
 async fn sync_dir(op: &'static str, dir: &Path) -> Result<(), DiskError> {
-    // glommio opens directories relative to nothing: give it an absolute path.
-    let dir = &std::path::absolute(dir).map_err(|e| DiskError::new(op, dir, None, e))?;
-    let err = |e| DiskError::new(op, dir, None, io_error(e));
-    let directory = Directory::open(dir).await.map_err(err)?;
-    directory.sync().await.map_err(err)?;
-    directory.close().await.map_err(err)
+    let err = |e| DiskError::new(op, dir, None, e);
+    std::fs::File::open(dir).map_err(err)?.sync_all().map_err(err)
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -93,6 +91,10 @@ impl Disk for DmaDisk {
             sync_dir("fsync directory after mkdir", parent_of(dir)).await?;
         }
         Ok(())
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        sync_dir("fsync directory", dir).await
     }
 
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
@@ -174,18 +176,22 @@ impl DiskFile for DmaDiskFile {
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<DmaRead, DiskError> {
         let err = |at, e| DiskError::new("read", &self.path, Some(at), io_error(e));
-        if len <= READ_CHUNK_MAX {
-            return Ok(DmaRead::One(self.file.read_at(offset, len).await.map_err(|e| err(offset, e))?));
+        let first = self.file.read_at(offset, len.min(READ_CHUNK_MAX)).await.map_err(|e| err(offset, e))?;
+        if first.len() == len || first.is_empty() {
+            return Ok(DmaRead::One(first));
         }
+        // Large reads go in chunks; a short read is continued until the length or the end of
+        // the file (a zero-length read).
         let mut joined = Vec::with_capacity(len);
+        joined.extend_from_slice(&first);
         while joined.len() < len {
             let at = offset + joined.len() as u64;
             let want = READ_CHUNK_MAX.min(len - joined.len());
             let chunk = self.file.read_at(at, want).await.map_err(|e| err(at, e))?;
-            joined.extend_from_slice(&chunk);
-            if chunk.len() < want {
+            if chunk.is_empty() {
                 break;
             }
+            joined.extend_from_slice(&chunk);
         }
         Ok(DmaRead::Joined(joined))
     }

@@ -1,5 +1,8 @@
 //! The simulated disk: an in-memory filesystem that injects faults from a seed.
 //!
+//! It models a drive with a volatile write cache under O_DIRECT (no page cache): reads see every
+//! completed write; `fdatasync` makes every completed write of the file durable.
+//!
 //! Invariant: the simulated disk is never kinder than a real one. A write is durable only once an
 //! `fdatasync` of its file completes after it; a directory change only once its directory is
 //! fsynced. At [`SimDisk::crash`], every write not yet durable is kept, lost, or torn at sector
@@ -351,6 +354,10 @@ impl Disk for SimDisk {
         Ok(())
     }
 
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        SimDisk::sync_dir(self, "fsync directory", dir, dir).await
+    }
+
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
         self.pause().await;
         let state = self.state.borrow();
@@ -441,6 +448,8 @@ impl DiskFile for SimFile {
         state.stats.fsyncs += 1;
         if state.rng.chance(state.faults.fsync_fail) {
             state.stats.fsyncs_failed += 1;
+            // The writes stay in the drive's volatile cache: a crash decides their fate, and a
+            // later successful flush would persist them (O_DIRECT: there is no page cache).
             return Err(DiskError::new("fdatasync", &self.path, None, injected("fdatasync failed")));
         }
         let inode = state.inodes.get_mut(&self.inode).expect("a live handle's inode exists");

@@ -97,55 +97,75 @@ impl Trace {
         self.events.borrow().iter().map(|e| if let TraceOp::Ack { writes, .. } = e.op { writes } else { 0 }).sum()
     }
 
-    /// Checks every acknowledgement against the rule in the module comment.
+    /// Checks every acknowledgement against the rule in the module comment: the latest write
+    /// overlapping the acknowledged bytes has exactly their range and completed successfully;
+    /// no write overlapping them was submitted after it; an fdatasync of the file submitted
+    /// after it completed successfully before the acknowledgement; and no fdatasync of the file
+    /// failed in between (a failed sync leaves the write's fate unknown).
     pub fn check_acks(&self) -> Result<u64, AckViolation> {
         use std::collections::HashMap;
-        struct Written {
+        #[derive(Clone, Copy)]
+        struct Write {
             offset: u64,
             end: u64,
-            completed_at: u64,
+            submitted_at: u64,
+            completed_at: Option<u64>,
+            ok: bool,
         }
         let events = self.events.borrow();
-        // Per file: successfully completed writes, and (submit, complete) of successful fsyncs.
-        let mut writes: HashMap<&Path, Vec<Written>> = HashMap::new();
+        let mut writes: HashMap<&Path, Vec<Write>> = HashMap::new();
         let mut fsync_submits: HashMap<&Path, Vec<u64>> = HashMap::new();
-        let mut synced_through: HashMap<&Path, Vec<(u64, u64)>> = HashMap::new();
+        // (submitted_at, completed_at, ok) of finished fsyncs, per file.
+        let mut fsyncs: HashMap<&Path, Vec<(u64, u64, bool)>> = HashMap::new();
         let mut checked = 0;
         for event in events.iter() {
             match &event.op {
-                TraceOp::WriteSubmit { .. } => {}
+                TraceOp::WriteSubmit { file, offset, len } => writes.entry(file).or_default().push(Write {
+                    offset: *offset,
+                    end: offset + len,
+                    submitted_at: event.index,
+                    completed_at: None,
+                    ok: false,
+                }),
                 TraceOp::WriteComplete { file, offset, len, ok } => {
-                    if *ok {
-                        writes.entry(file).or_default().push(Written {
-                            offset: *offset,
-                            end: offset + len,
-                            completed_at: event.index,
-                        });
+                    let list = writes.entry(file).or_default();
+                    if let Some(w) = list
+                        .iter_mut()
+                        .find(|w| w.completed_at.is_none() && w.offset == *offset && w.end == offset + len)
+                    {
+                        w.completed_at = Some(event.index);
+                        w.ok = *ok;
                     }
                 }
                 TraceOp::FsyncSubmit { file } => fsync_submits.entry(file).or_default().push(event.index),
                 TraceOp::FsyncComplete { file, ok } => {
-                    let submitted = fsync_submits
-                        .get_mut(file.as_path())
-                        .and_then(|s| if s.is_empty() { None } else { Some(s.remove(0)) });
-                    if let (true, Some(submitted)) = (*ok, submitted) {
-                        synced_through.entry(file).or_default().push((submitted, event.index));
+                    let submits = fsync_submits.entry(file).or_default();
+                    if !submits.is_empty() {
+                        let submitted = submits.remove(0);
+                        fsyncs.entry(file).or_default().push((submitted, event.index, *ok));
                     }
                 }
                 TraceOp::Ack { file, offset, len, .. } => {
                     let violation =
                         |reason| AckViolation { ack_index: event.index, file: file.clone(), offset: *offset, reason };
                     let end = offset + len;
-                    let covering = writes
+                    let overlapping = writes
                         .get(file.as_path())
-                        .and_then(|ws| ws.iter().rev().find(|w| w.offset <= *offset && end <= w.end));
-                    let Some(write) = covering else {
-                        return Err(violation("no completed write covers the acknowledged bytes"));
+                        .map(|ws| ws.iter().filter(|w| w.offset < end && *offset < w.end).copied().collect::<Vec<_>>());
+                    let Some(latest) = overlapping.as_ref().and_then(|ws| ws.last().copied()) else {
+                        return Err(violation("no write covers the acknowledged bytes"));
                     };
-                    let synced = synced_through
-                        .get(file.as_path())
-                        .is_some_and(|fs| fs.iter().any(|(submit, _)| *submit > write.completed_at));
-                    if !synced {
+                    if latest.offset != *offset || latest.end != end {
+                        return Err(violation("the latest write over the acknowledged bytes is not the batch's write"));
+                    }
+                    let Some(completed_at) = latest.completed_at.filter(|_| latest.ok) else {
+                        return Err(violation("acknowledged before its write completed successfully"));
+                    };
+                    let file_fsyncs = fsyncs.get(file.as_path()).map(Vec::as_slice).unwrap_or_default();
+                    if file_fsyncs.iter().any(|(_, done, ok)| !ok && *done > latest.submitted_at) {
+                        return Err(violation("an fdatasync of the file failed after the write: its fate is unknown"));
+                    }
+                    if !file_fsyncs.iter().any(|(submitted, _, ok)| *ok && *submitted > completed_at) {
                         return Err(violation("acknowledged before an fdatasync submitted after its write completed"));
                     }
                     checked += 1;
@@ -197,6 +217,9 @@ impl<D: Disk> Disk for Traced<D> {
     }
     async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError> {
         self.inner.create_dir_all(path).await
+    }
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        self.inner.sync_dir(dir).await
     }
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
         self.inner.list(dir).await
@@ -271,6 +294,33 @@ mod tests {
         t.record(TraceOp::WriteSubmit { file: p(), offset: 0, len: 4096 });
         t.record(TraceOp::FsyncSubmit { file: p() });
         t.record(TraceOp::WriteComplete { file: p(), offset: 0, len: 4096, ok: true });
+        t.record(TraceOp::FsyncComplete { file: p(), ok: true });
+        t.record(TraceOp::Ack { file: p(), offset: 0, len: 4096, writes: 1 });
+        assert!(t.check_acks().is_err());
+    }
+
+    #[test]
+    fn trace_refuses_ack_whose_write_is_only_covered_by_an_older_write() {
+        let t = Trace::new();
+        // A zero-fill of the whole file completed and was synced...
+        t.record(TraceOp::WriteSubmit { file: p(), offset: 0, len: 1 << 20 });
+        t.record(TraceOp::WriteComplete { file: p(), offset: 0, len: 1 << 20, ok: true });
+        t.record(TraceOp::FsyncSubmit { file: p() });
+        t.record(TraceOp::FsyncComplete { file: p(), ok: true });
+        // ...then the batch is acknowledged while its own write is still in flight.
+        t.record(TraceOp::WriteSubmit { file: p(), offset: 4096, len: 4096 });
+        t.record(TraceOp::Ack { file: p(), offset: 4096, len: 4096, writes: 1 });
+        assert!(t.check_acks().is_err());
+    }
+
+    #[test]
+    fn trace_refuses_ack_after_a_failed_then_retried_fsync() {
+        let t = Trace::new();
+        t.record(TraceOp::WriteSubmit { file: p(), offset: 0, len: 4096 });
+        t.record(TraceOp::WriteComplete { file: p(), offset: 0, len: 4096, ok: true });
+        t.record(TraceOp::FsyncSubmit { file: p() });
+        t.record(TraceOp::FsyncComplete { file: p(), ok: false });
+        t.record(TraceOp::FsyncSubmit { file: p() });
         t.record(TraceOp::FsyncComplete { file: p(), ok: true });
         t.record(TraceOp::Ack { file: p(), offset: 0, len: 4096, writes: 1 });
         assert!(t.check_acks().is_err());

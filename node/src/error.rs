@@ -16,6 +16,8 @@ pub enum WriteError {
     ReadOnly { reason: Rc<str> },
     /// Refused before it was accepted: the memtable is at its memory budget.
     MemoryBudget { bytes: usize, max: usize },
+    /// Refused before it was accepted: the timestamp lies too far in the future.
+    FutureTimestamp { ts: u64, limit: u64 },
     /// Accepted, but the write or fsync covering it failed: it may or may not be durable, and
     /// it will be known only after restart and replay. The shard is now read-only.
     UnknownOutcome { reason: Rc<str> },
@@ -35,6 +37,9 @@ impl std::fmt::Display for WriteError {
             Self::UnknownOutcome { reason } => {
                 write!(f, "outcome unknown (the write may or may not be durable): {reason}")
             }
+            Self::FutureTimestamp { ts, limit } => {
+                write!(f, "timestamp {ts} is beyond the allowed future skew (limit {limit})")
+            }
             Self::NotWritten { reason } => write!(f, "not written: the shard turned read-only first: {reason}"),
         }
     }
@@ -49,6 +54,8 @@ pub enum OpenError {
     /// Another process holds the data directory.
     Locked(DiskError),
     Recovery(RecoveryError),
+    Manifest(crate::lsm::manifest::ManifestError),
+    Table(crate::lsm::table::TableError),
     BadOptions(String),
 }
 
@@ -58,12 +65,29 @@ impl std::fmt::Display for OpenError {
             Self::Disk(e) => write!(f, "cannot open shard: {e}"),
             Self::Locked(e) => write!(f, "cannot open shard: {e}"),
             Self::Recovery(e) => write!(f, "cannot open shard: {e}"),
+            Self::Manifest(e) => write!(f, "cannot open shard: {e}"),
+            Self::Table(e) => write!(f, "cannot open shard: {e}"),
             Self::BadOptions(why) => write!(f, "cannot open shard: bad options: {why}"),
         }
     }
 }
 
 impl std::error::Error for OpenError {}
+
+impl OpenError {
+    /// True when an I/O operation failed (retrying the open may succeed), as opposed to data
+    /// found damaged or options refused.
+    #[must_use]
+    pub fn is_disk_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Disk(_)
+                | Self::Recovery(RecoveryError::Disk(_))
+                | Self::Manifest(crate::lsm::manifest::ManifestError::Disk(_))
+                | Self::Table(crate::lsm::table::TableError::Disk(_))
+        )
+    }
+}
 
 impl From<DiskError> for OpenError {
     fn from(e: DiskError) -> Self {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod lsm;
 pub mod memtable;
 pub mod shard;
 pub mod sync;
@@ -13,5 +14,5 @@ pub mod wal;
 pub use error::{OpenError, WriteError};
 #[cfg(feature = "mutations")]
 pub use shard::Mutation;
-pub use shard::{Shard, ShardOptions, ShardStats, StoredEntry};
+pub use shard::{ReadError, ScanEntry, Shard, ShardOptions, ShardStats, StoredEntry};
 pub use wal::recovery::{RecoveryError, RecoveryReport, TornTail};

@@ -174,8 +174,15 @@ async fn run_shard(index: usize, dir: PathBuf, stop: Arc<AtomicBool>) -> Result<
         tracing::warn!(shard = index, file = %torn.file.display(), offset = torn.offset, reason = %torn.reason, "dropped a torn (never acknowledged) group commit at the WAL tail");
     }
     spawn_detached(shard.background());
+    spawn_detached(shard.maintenance());
+    let mut ticks = 0u64;
     while !stop.load(Ordering::SeqCst) {
         sleep(Duration::from_millis(100)).await;
+        ticks += 1;
+        if ticks.is_multiple_of(50) {
+            // Time-based maintenance (settling and expiring windows) is found when it wakes.
+            shard.wake_maintenance();
+        }
     }
     shard.close().await;
     tracing::info!(shard = index, "shard closed cleanly");

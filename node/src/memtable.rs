@@ -70,6 +70,14 @@ impl Memtable {
         self.entries.get(key)
     }
 
+    /// Entries within `range`, in key order.
+    pub fn range<'a>(
+        &'a self,
+        range: (std::ops::Bound<&'a [u8]>, std::ops::Bound<&'a [u8]>),
+    ) -> impl Iterator<Item = (&'a [u8], &'a MemEntry)> + 'a {
+        self.entries.range::<[u8], _>(range).map(|(k, v)| (&**k, v))
+    }
+
     /// Every entry in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &MemEntry)> {
         self.entries.iter().map(|(k, v)| (&**k, v))

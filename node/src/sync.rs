@@ -74,23 +74,26 @@ impl<T> Future for SlotWait<T> {
     }
 }
 
-/// A wake-up flag for one waiting task: `notify` sets it, `notified().await` consumes it.
+/// A wake-up signal for any number of waiting tasks: `notified()` completes at the first
+/// `notify()` after it was created. Waiters re-check their condition after waking; since a task
+/// checks and starts waiting without yielding in between, no notification is missed.
 #[derive(Debug, Default)]
 pub struct Notify {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
 }
 
 impl Notify {
     pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for waker in wakers {
             waker.wake();
         }
     }
 
     pub fn notified(&self) -> Notified<'_> {
-        Notified { notify: self }
+        Notified { notify: self, generation: self.generation.get() }
     }
 }
 
@@ -98,15 +101,19 @@ impl Notify {
 #[derive(Debug)]
 pub struct Notified<'a> {
     notify: &'a Notify,
+    generation: u64,
 }
 
 impl Future for Notified<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.notify.set.replace(false) {
+        if self.notify.generation.get() != self.generation {
             return Poll::Ready(());
         }
-        *self.notify.waker.borrow_mut() = Some(cx.waker().clone());
+        let mut wakers = self.notify.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }

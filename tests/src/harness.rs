@@ -18,6 +18,12 @@ pub fn small_options(segment_bytes: u64) -> ShardOptions {
     options
 }
 
+/// Reads `(pkey, ts)` on a throwaway executor.
+pub fn get<D: Disk>(shard: &Shard<D, SimClock>, pkey: &[u8], ts: u64) -> Option<(u64, Vec<u8>)> {
+    let (shard, pkey) = (shard.clone(), pkey.to_vec());
+    block_on(async move { shard.get(&pkey, ts).await }).expect("the read succeeds")
+}
+
 /// Opens a shard, running the open on a throwaway executor.
 pub fn open_shard<D: Disk>(
     disk: &D,
@@ -38,6 +44,7 @@ pub fn put_many<D: Disk>(
 ) -> Vec<(Vec<u8>, u64, u64)> {
     let exec = SimExecutor::new();
     exec.spawn(shard.background());
+    exec.spawn(shard.maintenance());
     let acked = Rc::new(std::cell::RefCell::new(Vec::new()));
     let live = Rc::new(Cell::new(writers));
     for w in 0..writers {

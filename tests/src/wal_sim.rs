@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use strata_ioengine::simexec::block_on;
 use strata_ioengine::{Clock, SimClock, SimDisk, SimExecutor, SimFaults, SimRng, SimStats};
-use strata_node::{Mutation, OpenError, Shard, ShardOptions, WriteError};
+use strata_node::{Mutation, Shard, ShardOptions, WriteError};
 
 type Key = (Vec<u8>, u64);
 /// What a key holds: a value or a tombstone (`None`).
@@ -43,8 +43,11 @@ pub struct SeedReport {
     pub writes_acked: u64,
     pub crashes: u64,
     pub clean_closes: u64,
+    pub process_crashes: u64,
     pub torn_tails: u64,
     pub latched_read_only: u64,
+    pub flushes: u64,
+    pub compactions: u64,
     pub disk: SimStats,
 }
 
@@ -52,14 +55,18 @@ impl std::fmt::Display for SeedReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: ops {}, acked {}, crashes {}, clean closes {}, torn tails {}, read-only latches {}; disk: {}",
+            "seed {}: ops {}, acked {}, restarts {} (process crashes {}, clean closes {}), torn tails {}, \
+             read-only latches {}, flushes {}, compactions {}; disk: {}",
             self.seed,
             self.ops,
             self.writes_acked,
             self.crashes,
+            self.process_crashes,
             self.clean_closes,
             self.torn_tails,
             self.latched_read_only,
+            self.flushes,
+            self.compactions,
             self.disk
         )
     }
@@ -69,8 +76,10 @@ impl std::fmt::Display for SeedReport {
 enum Status {
     InFlight,
     Acked(u64),
-    /// Accepted, but failed with unknown outcome or not written: may or may not be recovered.
+    /// Accepted, but failed with unknown outcome: may or may not be recovered.
     Failed,
+    /// Accepted, but answered "not written": must never be recovered.
+    NotWritten,
     /// Refused before acceptance: must never be recovered.
     Refused,
 }
@@ -93,8 +102,9 @@ struct Model {
     seen: HashMap<Key, (u64, Cell_)>,
     /// Every (key, version) ever seen anywhere, with its content.
     versions: HashMap<(Key, u64), Cell_>,
-    /// The highest version known per key over the whole run.
-    version_high: HashMap<Key, u64>,
+    /// The newest state known visible per key over the whole run: its version, and whether it
+    /// is a tombstone (which compaction may later drop: then reading nothing is right).
+    version_high: HashMap<Key, (u64, bool)>,
 }
 
 /// A broken invariant: the seed and what went wrong.
@@ -143,7 +153,8 @@ impl Model {
 
     /// Checks the recovered state against the model and makes it the new base.
     fn verify_recovery(&mut self, recovered: BTreeMap<Key, (u64, Cell_)>) -> Result<usize, String> {
-        let attempts: Vec<&Attempt> = self.attempts.iter().filter(|a| a.status != Status::Refused).collect();
+        let all_attempts = std::mem::take(&mut self.attempts);
+        let attempts: Vec<&Attempt> = all_attempts.iter().filter(|a| a.status != Status::Refused).collect();
         let acked = attempts.iter().take_while(|a| matches!(a.status, Status::Acked(_))).count();
         if let Some(late) = attempts[acked..].iter().position(|a| matches!(a.status, Status::Acked(_))) {
             return Err(format!("attempt {} was acknowledged but attempt {acked} before it was not", acked + late));
@@ -152,18 +163,36 @@ impl Model {
         for attempt in &attempts[..acked] {
             state.insert(attempt.key.clone(), attempt.cell.clone());
         }
+        // Compaction drops tombstones once nothing older remains: a tombstone equals absence.
         let recovered_cells: BTreeMap<Key, Cell_> =
-            recovered.iter().map(|(k, (_, c))| (k.clone(), c.clone())).collect();
-        let mut prefix = None;
-        for p in acked..=attempts.len() {
+            recovered.iter().filter(|(_, (_, c))| c.is_some()).map(|(k, (_, c))| (k.clone(), c.clone())).collect();
+        // Nothing answered "not written" may be recovered, so the prefix ends before the first.
+        let prefix_max = attempts.iter().position(|a| a.status == Status::NotWritten).unwrap_or(attempts.len());
+        // Every prefix length whose state matches (several can: a delete of an absent key
+        // changes nothing); the recovery is right if one of them also matches on versions.
+        let mut matching = Vec::new();
+        for p in acked..=prefix_max {
             if p > acked {
                 let attempt = attempts[p - 1];
                 state.insert(attempt.key.clone(), attempt.cell.clone());
             }
-            if state == recovered_cells {
-                prefix = Some(p);
-                break;
+            if state.iter().filter(|(_, c)| c.is_some()).eq(recovered_cells.iter()) {
+                matching.push(p);
             }
+        }
+        let mut version_error = None;
+        let mut prefix = None;
+        for p in matching {
+            match check_versions(&attempts[..p], &recovered) {
+                Ok(()) => {
+                    prefix = Some(p);
+                    break;
+                }
+                Err(e) => version_error = version_error.or(Some(e)),
+            }
+        }
+        if let (None, Some(e)) = (prefix, version_error) {
+            return Err(e);
         }
         let Some(prefix) = prefix else {
             let mut expected: BTreeMap<Key, Cell_> =
@@ -171,6 +200,7 @@ impl Model {
             for attempt in &attempts[..acked] {
                 expected.insert(attempt.key.clone(), attempt.cell.clone());
             }
+            expected.retain(|_, c| c.is_some());
             let diff = expected
                 .iter()
                 .find(|(k, c)| recovered_cells.get(*k) != Some(*c))
@@ -188,24 +218,27 @@ impl Model {
                         .find(|k| !expected.contains_key(*k))
                         .map(|k| format!("{} recovered but never acknowledged", show_key(k)))
                 });
+            if std::env::var("SIM_DEBUG").is_ok() {
+                for (k, c) in &expected {
+                    if recovered_cells.get(k) != Some(c) {
+                        eprintln!(
+                            "key {}: base {:?}",
+                            show_key(k),
+                            self.base.get(k).map(|(v, c)| (v, show_cell(Some(c))))
+                        );
+                        for (i, a) in attempts.iter().enumerate().filter(|(_, a)| &a.key == k) {
+                            eprintln!("  attempt {i}: {:?} {}", a.status, show_cell(Some(&a.cell)));
+                        }
+                        eprintln!("  recovered {:?}", recovered.get(k).map(|(v, c)| (v, show_cell(Some(c)))));
+                    }
+                }
+            }
             return Err(format!(
                 "recovered state is no prefix of the attempted writes ({acked} acknowledged of {} attempted); first difference: {}",
                 attempts.len(),
                 diff.unwrap_or_else(|| "none among acknowledged".into())
             ));
         };
-        // Versions: acknowledged versions are the recovered ones; versions only increase.
-        for attempt in &attempts[..prefix] {
-            if let Status::Acked(version) = attempt.status {
-                let (rv, _) = recovered.get(&attempt.key).ok_or("acknowledged key missing")?;
-                if *rv < version {
-                    return Err(format!(
-                        "{} recovered at version {rv}, below acknowledged {version}",
-                        show_key(&attempt.key)
-                    ));
-                }
-            }
-        }
         for (key, (version, cell)) in &recovered {
             self.note_version(key, *version, cell)?;
             if let Some((seen_version, seen_cell)) = self.seen.get(key)
@@ -218,16 +251,25 @@ impl Model {
                     show_cell(Some(cell))
                 ));
             }
-            let high = self.version_high.entry(key.clone()).or_insert(0);
+            let high = self.version_high.entry(key.clone()).or_insert((0, true));
             if let Some((base_version, base_cell)) = self.base.get(key)
                 && (version < base_version || (version == base_version && cell != base_cell))
+                && base_cell.is_some()
             {
                 return Err(format!("{} went back from version {base_version} to {version}", show_key(key)));
             }
-            *high = (*high).max(*version);
+            if *version >= high.0 {
+                *high = (*version, cell.is_none());
+            }
         }
-        for (key, _) in self.seen.iter() {
-            if !recovered.contains_key(key) {
+        for (key, (_, cell)) in self.seen.iter() {
+            // Absent is right only if the recovered prefix deletes the key after the put seen.
+            let deleted_after = attempts[..prefix]
+                .iter()
+                .rev()
+                .take_while(|a| !(a.key == *key && a.cell == *cell))
+                .any(|a| a.key == *key && a.cell.is_none());
+            if cell.is_some() && !recovered.contains_key(key) && !deleted_after {
                 return Err(format!("{} was seen by a reader but is not recovered", show_key(key)));
             }
         }
@@ -238,6 +280,9 @@ impl Model {
     }
 }
 
+/// Where the simulated clock starts (microseconds since the epoch).
+const SIM_EPOCH_US: u64 = 1_700_000_000_000_000;
+
 fn options(seed: u64, config: &SimConfig) -> ShardOptions {
     let mut options = ShardOptions::new("/data/shard-0");
     options.segment_bytes = 64 * 1024;
@@ -245,6 +290,15 @@ fn options(seed: u64, config: &SimConfig) -> ShardOptions {
     options.value_bytes_max = 2048;
     options.memtable_bytes_max = 64 << 20;
     options.nonce_seed = seed;
+    // Small enough that flushes, hot and settled windows and compactions all happen in a seed.
+    options.flush_bytes = 6 * 1024 + (seed % 4) as usize * 4096;
+    options.window_us = 4096;
+    options.settle_us = 200_000;
+    options.tables_per_window_max = 2;
+    options.table_bytes_target = 16 * 1024;
+    options.compaction_bytes_per_s = 1 << 40;
+    options.hot_format.block_bytes = 1024;
+    options.cold_format.block_bytes = 2048;
     options.mutation = config.mutation;
     options
 }
@@ -274,15 +328,18 @@ fn open(
         let (d, c, o) = (disk.clone(), clock.clone(), options.clone());
         match block_on(async move { Shard::open(d, c, o).await }) {
             Ok((shard, report)) => return Ok((shard, u64::from(report.torn_tail.is_some()))),
-            Err(OpenError::Disk(_)) => disk.crash(),
+            Err(e) if e.is_disk_error() => disk.crash(),
             Err(e) => return Err(Violation { seed, what: format!("open failed: {e}") }),
         }
     }
     Err(Violation { seed, what: "open kept failing on injected faults".into() })
 }
 
-fn dump(shard: &Shard<SimDisk, SimClock>) -> BTreeMap<Key, (u64, Cell_)> {
-    shard.dump().into_iter().map(|e| ((e.pkey, e.ts), (e.version, e.value))).collect()
+fn dump(shard: &Shard<SimDisk, SimClock>) -> Result<BTreeMap<Key, (u64, Cell_)>, String> {
+    let shard = shard.clone();
+    let entries =
+        block_on(async move { shard.dump().await }).map_err(|e| format!("reading every entry failed: {e}"))?;
+    Ok(entries.into_iter().map(|e| ((e.pkey, e.ts), (e.version, e.value))).collect())
 }
 
 struct Epoch {
@@ -295,7 +352,7 @@ struct Epoch {
 pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SeedReport, Violation> {
     let mut rng = SimRng::new(seed);
     let disk = SimDisk::new(seed.wrapping_mul(31).wrapping_add(7), faults_for(&mut rng));
-    let clock = SimClock::new(1_700_000_000_000_000);
+    let clock = SimClock::new(SIM_EPOCH_US);
     let options = options(seed, config);
     let model = Rc::new(RefCell::new(Model::default()));
     let violation = |what: String| Violation { seed, what };
@@ -304,12 +361,14 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SeedReport, Violation> 
     loop {
         let (shard, torn) = open(&disk, &clock, &options, seed)?;
         report.torn_tails += torn;
-        model.borrow_mut().verify_recovery(dump(&shard)).map_err(&violation)?;
+        let recovered = dump(&shard).map_err(&violation)?;
+        model.borrow_mut().verify_recovery(recovered).map_err(&violation)?;
         if report.ops >= config.ops_min && report.crashes >= config.crashes_min {
             break;
         }
         let exec = SimExecutor::new();
         exec.spawn(shard.background());
+        exec.spawn(shard.maintenance());
         let epoch_ops = 100 + rng.borrow_mut().below(500);
         let writers = 1 + rng.borrow_mut().below(12);
         let epoch =
@@ -343,7 +402,10 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SeedReport, Violation> 
         if shard.read_only_reason().is_some() {
             report.latched_read_only += 1;
         }
-        report.writes_acked += shard.stats().writes_acked;
+        let stats = shard.stats();
+        report.writes_acked += stats.writes_acked;
+        report.flushes += stats.flushes;
+        report.compactions += stats.compactions;
         let clean = epoch.writers_live.get() == 0 && rng.borrow_mut().chance(0.2);
         if clean {
             let closing = shard.clone();
@@ -353,7 +415,13 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SeedReport, Violation> 
         }
         exec.clear();
         drop(shard);
-        disk.crash();
+        // A power loss decides the fate of everything not yet durable; a process crash keeps
+        // the drive's cache, so recovery reads writes that were never synced.
+        if rng.borrow_mut().chance(0.7) {
+            disk.crash();
+        } else {
+            report.process_crashes += 1;
+        }
         report.crashes += 1;
     }
     report.disk = disk.stats();
@@ -374,7 +442,8 @@ async fn writer(
         let (key, op, value) = {
             let mut rng = rng.borrow_mut();
             let pkey = format!("p{}", rng.below(12)).into_bytes();
-            let ts = [0, 1, 7, u64::MAX][rng.below(4) as usize];
+            // Old windows, two windows near the clock's start (hot until time moves on), timeless.
+            let ts = [0, 1, 7, SIM_EPOCH_US + 100, SIM_EPOCH_US + 5000, u64::MAX][rng.below(6) as usize];
             // The clock jitters, sometimes backwards, as wall clocks do.
             let now = clock.now_us();
             // Rarely it jumps hours ahead (an idle shard, or an NTP step).
@@ -390,20 +459,59 @@ async fn writer(
             value.resize(value.len() + rng.below(600) as usize, b'x');
             ((pkey, ts), op, value)
         };
+        if op == 1 && rng.borrow_mut().chance(0.3) {
+            let newest_first = rng.borrow_mut().chance(0.5);
+            let limit = 1 + rng.borrow_mut().below(4) as usize;
+            // A read reflects the state when it started: compare with what was visible then.
+            let visible_before: HashMap<Key, (u64, bool)> = model
+                .borrow()
+                .version_high
+                .iter()
+                .filter(|(k, _)| k.0 == key.0)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            match shard.scan(&key.0, 0, u64::MAX, limit, newest_first).await {
+                Ok(entries) => {
+                    let mut m = model.borrow_mut();
+                    if let Err(e) = check_scan(&mut m, &visible_before, &key.0, &entries, limit, newest_first) {
+                        *failure.borrow_mut() = Some(e);
+                    }
+                }
+                Err(e) => *failure.borrow_mut() = Some(format!("scan failed: {e}")),
+            }
+            continue;
+        }
         if op < 2 {
-            match shard.get_entry(&key.0, key.1) {
+            let visible_before = model.borrow().version_high.get(&key).copied();
+            match shard.get_entry(&key.0, key.1).await {
                 Ok(Some((version, cell))) => {
                     let mut m = model.borrow_mut();
+                    let high = visible_before.map_or(0, |h| h.0);
+                    if version < high {
+                        *failure.borrow_mut() = Some(format!(
+                            "{}: read version {version}, but version {high} was already visible",
+                            show_key(&key)
+                        ));
+                    }
                     if let Err(e) = m.note_version(&key, version, &cell) {
                         *failure.borrow_mut() = Some(e);
+                    }
+                    let high = m.version_high.entry(key.clone()).or_insert((0, true));
+                    if version >= high.0 {
+                        *high = (version, cell.is_none());
                     }
                     let seen = m.seen.entry(key.clone()).or_insert((0, None));
                     if version >= seen.0 {
                         *seen = (version, cell);
                     }
                 }
-                Ok(None) => {}
-                Err(e) => *failure.borrow_mut() = Some(format!("get refused a valid key: {e}")),
+                Ok(None) => {
+                    if let Some((high, false)) = visible_before {
+                        *failure.borrow_mut() =
+                            Some(format!("{}: read nothing, but version {high} was already visible", show_key(&key)));
+                    }
+                }
+                Err(e) => *failure.borrow_mut() = Some(format!("get failed: {e}")),
             }
             continue;
         }
@@ -427,14 +535,17 @@ async fn writer(
                         show_key(&key)
                     ));
                 }
-                let high = m.version_high.entry(key.clone()).or_insert(0);
-                *high = (*high).max(version);
+                let high = m.version_high.entry(key.clone()).or_insert((0, true));
+                if version >= high.0 {
+                    *high = (version, cell.is_none());
+                }
                 if let Err(e) = m.note_version(&key, version, &cell) {
                     *failure.borrow_mut() = Some(e);
                 }
                 Status::Acked(version)
             }
-            Err(WriteError::UnknownOutcome { .. } | WriteError::NotWritten { .. }) => Status::Failed,
+            Err(WriteError::UnknownOutcome { .. }) => Status::Failed,
+            Err(WriteError::NotWritten { .. }) => Status::NotWritten,
             Err(WriteError::ReadOnly { reason }) => {
                 // Refusing writes is legitimate only once the shard has latched read-only.
                 if shard.read_only_reason().is_none() {
@@ -458,4 +569,73 @@ async fn writer(
 #[must_use]
 pub fn sim_root() -> PathBuf {
     PathBuf::from("/data")
+}
+
+/// A scan returns entries of its pkey only, in ts order, within the limit, each one a value some
+/// write put there; what it returns counts as seen.
+fn check_scan(
+    m: &mut Model,
+    visible_before: &HashMap<Key, (u64, bool)>,
+    pkey: &[u8],
+    entries: &[strata_node::ScanEntry],
+    limit: usize,
+    newest_first: bool,
+) -> Result<(), String> {
+    if entries.len() > limit {
+        return Err(format!("scan returned {} entries for a limit of {limit}", entries.len()));
+    }
+    for pair in entries.windows(2) {
+        let ordered = if newest_first { pair[0].ts > pair[1].ts } else { pair[0].ts < pair[1].ts };
+        if !ordered {
+            return Err(format!(
+                "scan of {} out of order: ts {} then {}",
+                String::from_utf8_lossy(pkey),
+                pair[0].ts,
+                pair[1].ts
+            ));
+        }
+    }
+    for entry in entries {
+        let key = (pkey.to_vec(), entry.ts);
+        let cell = Some(entry.value.clone());
+        m.note_version(&key, entry.version, &cell)?;
+        let high = visible_before.get(&key).map_or(0, |h| h.0);
+        if entry.version < high {
+            return Err(format!(
+                "{}: scan saw version {}, but version {high} was already visible",
+                show_key(&key),
+                entry.version
+            ));
+        }
+        let high = m.version_high.entry(key.clone()).or_insert((0, true));
+        if entry.version >= high.0 {
+            *high = (entry.version, false);
+        }
+        let seen = m.seen.entry(key.clone()).or_insert((0, None));
+        if entry.version >= seen.0 {
+            *seen = (entry.version, cell);
+        }
+    }
+    Ok(())
+}
+
+/// A key whose last write in the prefix was acknowledged is recovered at exactly the
+/// acknowledged version (or, for a delete, absent: its tombstone may have been compacted away).
+fn check_versions(prefix: &[&Attempt], recovered: &BTreeMap<Key, (u64, Cell_)>) -> Result<(), String> {
+    let mut last: HashMap<&Key, &Attempt> = HashMap::new();
+    for attempt in prefix {
+        last.insert(&attempt.key, attempt);
+    }
+    for (key, attempt) in last {
+        let Status::Acked(version) = attempt.status else { continue };
+        match recovered.get(key) {
+            None if attempt.cell.is_none() => {}
+            None => return Err(format!("{}: acknowledged at version {version}, not recovered", show_key(key))),
+            Some((rv, _)) if *rv != version => {
+                return Err(format!("{} recovered at version {rv}, acknowledged at {version}", show_key(key)));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }

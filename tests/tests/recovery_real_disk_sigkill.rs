@@ -38,6 +38,7 @@ fn child_writer() {
     run_pinned(&spec("child", 0), move || async move {
         let (shard, _) = Shard::open(DmaDisk, SystemClock, options(dir.into())).await.expect("child opens the shard");
         spawn_detached(shard.background());
+        spawn_detached(shard.maintenance());
         let mut writers = Vec::new();
         for w in 0..50u64 {
             let shard = shard.clone();
@@ -116,7 +117,7 @@ fn acknowledged_writes_survive_sigkill() {
         let mut missing = Vec::new();
         for (w, i, version) in acked {
             let pkey = format!("writer-{w}").into_bytes();
-            match shard.get(&pkey, i).unwrap() {
+            match shard.get(&pkey, i).await.unwrap() {
                 Some((v, bytes)) if v == version && bytes == value(w, i) => {}
                 other => missing.push(format!("writer-{w}@{i} v{version}: found {:?}", other.map(|(v, _)| v))),
             }

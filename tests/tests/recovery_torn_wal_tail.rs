@@ -3,7 +3,9 @@
 
 use strata_format::wal::{BatchEncoder, BatchPlace, RecordKind};
 use strata_ioengine::{SimClock, SimDisk, SimFaults};
-use strata_tests::harness::{open_shard, overwrite, put_many, read_segment, segments_by_seq, small_options, value_for};
+use strata_tests::harness::{
+    get, open_shard, overwrite, put_many, read_segment, segments_by_seq, small_options, value_for,
+};
 
 #[test]
 fn torn_batch_at_the_tail_is_truncated_and_reported() {
@@ -38,8 +40,8 @@ fn torn_batch_at_the_tail_is_truncated_and_reported() {
     assert_eq!(torn.offset, end);
     println!("reported: {} at offset {}: {}", torn.file.display(), torn.offset, torn.reason);
     for (pkey, ts, version) in &acked {
-        let (v, value) = shard.get(pkey, *ts).unwrap().expect("acknowledged write recovered");
+        let (v, value) = get(&shard, pkey, *ts).expect("acknowledged write recovered");
         assert_eq!((v, value), (*version, value_for(pkey, *ts, 100)));
     }
-    assert_eq!(shard.get(b"torn", 0).unwrap(), None, "the torn batch's records are dropped");
+    assert_eq!(get(&shard, b"torn", 0), None, "the torn batch's records are dropped");
 }

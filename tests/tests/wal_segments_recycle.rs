@@ -3,7 +3,7 @@
 
 use strata_ioengine::simexec::block_on;
 use strata_ioengine::{Disk, SimClock, SimDisk, SimFaults};
-use strata_tests::harness::{open_shard, put_many, segments_by_seq, small_options, value_for};
+use strata_tests::harness::{get, open_shard, put_many, segments_by_seq, small_options, value_for};
 
 #[test]
 fn released_segments_are_recycled_with_new_sequences() {
@@ -36,6 +36,6 @@ fn released_segments_are_recycled_with_new_sequences() {
     let (shard, report) = open_shard(&disk, &clock, &reopen).unwrap();
     assert!(report.segments_replayed >= 1);
     // The last round's writes went to segments at or after the replay point.
-    let (_, value) = shard.get(b"w0", 99).unwrap().expect("the newest write is recovered");
+    let (_, value) = get(&shard, b"w0", 99).expect("the newest write is recovered");
     assert_eq!(value, value_for(b"w0", 99, 100));
 }

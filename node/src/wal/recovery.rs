@@ -143,6 +143,9 @@ pub async fn recover<D: Disk>(
             }
         }
     }
+    // Entries read here may not be durable yet (a directory fsync that failed before a crash of
+    // the process): make them durable before anything is built on them.
+    disk.sync_dir(wal_dir).await?;
     candidates.sort_by_key(|c| c.info.segment_seq);
     check_chain(wal_dir, &candidates)?;
     // A segment whose header is torn (or that was never activated) may still claim a higher
@@ -163,6 +166,9 @@ pub async fn recover<D: Disk>(
     let count = candidates.len();
     for (index, candidate) in candidates.into_iter().enumerate() {
         replay_segment(wal_dir, &candidate, index + 1 == count, &mut recovered, apply).await?;
+        // What was replayed may sit unsynced in the page cache (a failed fsync, or a process
+        // killed between write and fsync): make it durable before anyone can see it.
+        candidate.file.fdatasync().await?;
         recovered.live.push((candidate.file_no, candidate.info, candidate.file));
     }
     Ok(recovered)

@@ -5,11 +5,26 @@
 //! fdatasync; only when both succeed is the batch applied to the memtable (made visible) and its
 //! writes acknowledged, together and in order. Writes arriving meanwhile form the next batch.
 //!
+//! When the memtable reaches its flush size it is frozen (still readable) at a batch boundary,
+//! the WAL rolls to a new segment, and the maintenance task writes the frozen memtable into one
+//! table per time window, commits them in one manifest edit, and only then releases the WAL
+//! segments they cover. Reads look in the memtable, the frozen memtable, then the tables of the
+//! key's window, newest first.
+//!
 //! Invariant: nothing is visible or acknowledged before it is durable. After a failed write or
 //! fsync the shard is latched read-only with the reason; the writes that batch covered are
 //! answered `UnknownOutcome`, later accepted ones `NotWritten`; nothing is retried.
 
+mod maintenance;
+mod read;
+
+pub use read::{ReadError, ScanEntry};
+
 use crate::error::{OpenError, WriteError};
+use crate::lsm::Levels;
+use crate::lsm::cache::BlockCache;
+use crate::lsm::manifest::{ManifestLog, ManifestState};
+use crate::lsm::table::{BlockFormat, Table, parse_table_name, table_path};
 use crate::memtable::Memtable;
 use crate::sync::{Notify, Slot, SlotWait};
 use crate::wal::recovery::{RecoveryReport, recover};
@@ -18,7 +33,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use strata_format::key::{KeyError, Timestamp, decode_key, encode_key, encode_key_into, validate_pkey};
+use strata_format::key::{TS_TIMELESS, Timestamp, encode_key_into, validate_pkey};
+use strata_format::table::Compression;
 use strata_format::version::{VERSION_LEASE_SPAN, Version, VersionClock};
 use strata_format::wal::{
     BATCH_HEADER_SIZE, BatchEncoder, BatchPlace, RECORD_HEADER_SIZE, RecordKind, SegmentInfo, decode_batch,
@@ -56,6 +72,27 @@ pub struct ShardOptions {
     pub nonce_seed: u64,
     /// Records acknowledgements into this trace (with a [`strata_ioengine::Traced`] disk).
     pub trace: Option<Trace>,
+    /// Memtable bytes at which it is frozen and flushed to tables.
+    pub flush_bytes: usize,
+    /// Width of a time window, in the unit of `ts` (microseconds by convention).
+    pub window_us: u64,
+    /// A window this long past its end is settled: compacted into one run, with old-window blocks.
+    pub settle_us: u64,
+    /// Writes with `ts` further than this beyond the clock are refused (timeless ones excepted).
+    pub future_skew_us: u64,
+    /// Windows that ended longer ago than this are dropped whole (none when `None`).
+    pub retention_us: Option<u64>,
+    /// Flushed tables a window may hold before some are merged.
+    pub tables_per_window_max: usize,
+    pub block_cache_bytes: usize,
+    /// Background compaction writes are paced to this many bytes per second.
+    pub compaction_bytes_per_s: u64,
+    /// Block format of windows that have not settled: small, uncompressed.
+    pub hot_format: BlockFormat,
+    /// Block format of settled windows and the compacted timeless run: larger, lz4.
+    pub cold_format: BlockFormat,
+    /// Output tables of a compaction are cut at about this many bytes.
+    pub table_bytes_target: u64,
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
 }
@@ -74,6 +111,21 @@ impl ShardOptions {
             replay_from_seq: 0,
             nonce_seed: std::process::id().into(),
             trace: None,
+            flush_bytes: 64 << 20,
+            window_us: 86_400_000_000,
+            settle_us: 2 * 86_400_000_000,
+            future_skew_us: 3_600_000_000,
+            retention_us: None,
+            tables_per_window_max: 16,
+            block_cache_bytes: 64 << 20,
+            compaction_bytes_per_s: 64 << 20,
+            hot_format: BlockFormat { block_bytes: 4096 - 32, compression: Compression::None, bloom_bits_per_key: 10 },
+            cold_format: BlockFormat {
+                block_bytes: 64 * 1024 - 32,
+                compression: Compression::Lz4,
+                bloom_bits_per_key: 10,
+            },
+            table_bytes_target: 64 << 20,
             #[cfg(feature = "mutations")]
             mutation: None,
         }
@@ -106,6 +158,15 @@ impl ShardOptions {
         if self.spare_segments == 0 {
             return bad("at least one spare segment must be kept".into());
         }
+        if self.flush_bytes == 0 || self.flush_bytes > self.memtable_bytes_max {
+            return bad(format!(
+                "flush size {} must be within the memtable budget {}",
+                self.flush_bytes, self.memtable_bytes_max
+            ));
+        }
+        if self.window_us == 0 {
+            return bad("the window width must be positive".into());
+        }
         Ok(())
     }
 }
@@ -114,6 +175,11 @@ impl ShardOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     pub writes_acked: u64,
+    pub flushes: u64,
+    pub flush_bytes_written: u64,
+    pub compactions: u64,
+    pub compaction_bytes_written: u64,
+    pub compaction_bytes_read: u64,
     pub batches: u64,
     pub fsyncs: u64,
     pub wal_bytes_written: u64,
@@ -133,11 +199,28 @@ struct Pending {
     waiters: Vec<(Slot<WriteResult>, Version)>,
 }
 
+/// A memtable frozen for flushing, and the last WAL segment holding its writes.
+struct Frozen {
+    memtable: Rc<Memtable>,
+    wal_seq_through: u64,
+}
+
 struct State<F> {
     memtable: Memtable,
+    frozen: Option<Frozen>,
+    /// The next batch must start a new WAL segment (a memtable was just frozen).
+    roll_requested: bool,
+    levels: Levels<F>,
+    manifest: ManifestState,
+    maintenance_done: bool,
+    /// Next table id and order to hand out (at least the manifest's).
+    table_id_next: u64,
+    order_next: u64,
     clock: VersionClock,
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// Record bytes of the batch being written: charged until it reaches the memtable.
+    inflight_bytes: usize,
     read_only: Option<Rc<str>>,
     active: ActiveSegment<F>,
     spares: VecDeque<SpareSegment<F>>,
@@ -158,8 +241,13 @@ struct Inner<D: Disk, C: Clock> {
     options: ShardOptions,
     wal_dir: PathBuf,
     state: RefCell<State<D::File>>,
+    tables_dir: PathBuf,
+    cache: RefCell<BlockCache>,
+    /// Taken by whoever appends an edit; maintenance is its only user.
+    manifest_log: RefCell<Option<ManifestLog<D>>>,
     flusher_wake: Notify,
     preparer_wake: Notify,
+    maintenance_wake: Notify,
     closed: Notify,
     _lock: DirLock,
 }
@@ -199,9 +287,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let lock = disk.lock_dir(&options.dir).map_err(OpenError::Locked)?;
         let wal_dir = options.dir.join("wal");
         disk.create_dir_all(&wal_dir).await?;
+        let tables_dir = options.dir.join("tables");
+        disk.create_dir_all(&tables_dir).await?;
+        let (manifest_log, manifest) = ManifestLog::open(&disk, &tables_dir).await.map_err(OpenError::Manifest)?;
+        let levels = open_tables(&disk, &tables_dir, &manifest).await?;
         let mut memtable = Memtable::new();
         let mut key = Vec::new();
-        let recovered = recover(&disk, &wal_dir, options.replay_from_seq, &mut |record| {
+        let replay_from = options.replay_from_seq.max(manifest.wal_replay_from_seq);
+        let recovered = recover(&disk, &wal_dir, replay_from, &mut |record| {
             key.clear();
             match encode_key_into(record.pkey, record.ts, &mut key) {
                 Ok(()) => {
@@ -211,7 +304,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
         })
         .await?;
-        let floor = recovered.version_max.max(recovered.lease_max);
+        tracing::debug!(
+            replay_from,
+            tables = manifest.tables.len(),
+            batches = recovered.report.batches_replayed,
+            "shard recovered"
+        );
+        let table_version_max = manifest.tables.values().map(|t| t.version_max).max().unwrap_or(0);
+        let floor = recovered.version_max.max(recovered.lease_max).max(manifest.version_floor).max(table_version_max);
         let lease = floor.max(clock.now_us()).saturating_add(VERSION_LEASE_SPAN);
         let mut free = recovered.free;
         let mut live = recovered.live;
@@ -248,9 +348,17 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let active = activate_segment(spare, info).await?;
         let state = State {
             memtable,
+            frozen: None,
+            roll_requested: false,
+            levels,
+            table_id_next: manifest.table_id_next,
+            order_next: manifest.order_next,
+            manifest,
+            maintenance_done: false,
             clock: VersionClock::new(floor, lease),
             pending: VecDeque::new(),
             pending_bytes: 0,
+            inflight_bytes: 0,
             read_only: None,
             active,
             spares: VecDeque::new(),
@@ -266,11 +374,15 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let inner = Inner {
             disk,
             clock,
-            options,
             wal_dir,
+            cache: RefCell::new(BlockCache::new(options.block_cache_bytes)),
+            options,
+            tables_dir,
+            manifest_log: RefCell::new(Some(manifest_log)),
             state: RefCell::new(state),
             flusher_wake: Notify::default(),
             preparer_wake: Notify::default(),
+            maintenance_wake: Notify::default(),
             closed: Notify::default(),
             _lock: lock,
         };
@@ -295,37 +407,6 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     /// Deletes `(pkey, ts)` (writes a tombstone); returns its version once durable.
     pub async fn delete(&self, pkey: &[u8], ts: Timestamp) -> WriteResult {
         self.accept(RecordKind::Delete, pkey, ts, &[])?.await
-    }
-
-    /// The value at `(pkey, ts)` and its version, if present.
-    pub fn get(&self, pkey: &[u8], ts: Timestamp) -> Result<Option<(Version, Vec<u8>)>, KeyError> {
-        Ok(self.get_entry(pkey, ts)?.and_then(|(v, value)| value.map(|value| (v, value))))
-    }
-
-    /// The newest entry at `(pkey, ts)`, tombstones included.
-    pub fn get_entry(&self, pkey: &[u8], ts: Timestamp) -> Result<Option<Versioned>, KeyError> {
-        let key = encode_key(pkey, ts)?;
-        let state = self.inner.state.borrow();
-        Ok(state.memtable.get(&key).map(|e| (e.version, e.value.as_ref().map(|v| v.to_vec()))))
-    }
-
-    /// Every stored entry in key order, tombstones included.
-    #[must_use]
-    pub fn dump(&self) -> Vec<StoredEntry> {
-        let state = self.inner.state.borrow();
-        state
-            .memtable
-            .iter()
-            .map(|(key, entry)| {
-                let key = decode_key(key).expect("memtable keys are encoded by the shard");
-                StoredEntry {
-                    pkey: key.pkey.to_vec(),
-                    ts: key.ts,
-                    version: entry.version,
-                    value: entry.value.as_ref().map(|v| v.to_vec()),
-                }
-            })
-            .collect()
     }
 
     /// Why the shard stopped acknowledging writes, if it did.
@@ -358,6 +439,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         }
         self.inner.flusher_wake.notify();
         self.inner.preparer_wake.notify();
+        self.inner.maintenance_wake.notify();
         loop {
             if self.inner.state.borrow().flusher_done {
                 return;
@@ -370,12 +452,16 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     /// records are persisted elsewhere), so their files are recycled.
     pub fn release_segments_through(&self, segment_seq: u64) {
         let mut state = self.inner.state.borrow_mut();
+        assert!(segment_seq < state.active.info.segment_seq, "the active segment is never released");
         while state.sealed.front().is_some_and(|(_, seq, _)| *seq <= segment_seq) {
-            let (file_no, _, file) = state.sealed.pop_front().expect("front checked above");
+            let (file_no, segment_seq, file) = state.sealed.pop_front().expect("front checked above");
             match Rc::try_unwrap(file) {
                 Ok(file) => state.free.push((file_no, file)),
-                // Still referenced by an in-flight operation: leave it, it is recycled later.
-                Err(_) => break,
+                // Still referenced by an in-flight operation: keep it tracked, recycle it later.
+                Err(file) => {
+                    state.sealed.push_front((file_no, segment_seq, file));
+                    break;
+                }
             }
         }
         drop(state);
@@ -408,8 +494,15 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         if state.closing {
             return Err(WriteError::ReadOnly { reason: "the shard is closing".into() });
         }
+        if ts != TS_TIMELESS {
+            let limit = self.inner.clock.now_us().saturating_add(options.future_skew_us);
+            if ts > limit {
+                return Err(WriteError::FutureTimestamp { ts, limit });
+            }
+        }
         let record_len = BatchEncoder::record_len(pkey.len(), value.len());
-        let bytes = state.memtable.bytes() + state.pending_bytes + record_len;
+        let frozen_bytes = state.frozen.as_ref().map_or(0, |f| f.memtable.bytes());
+        let bytes = state.memtable.bytes() + frozen_bytes + state.pending_bytes + state.inflight_bytes + record_len;
         if bytes > options.memtable_bytes_max {
             return Err(WriteError::MemoryBudget { bytes, max: options.memtable_bytes_max });
         }
@@ -490,10 +583,13 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         {
             let mut state = self.inner.state.borrow_mut();
             state.pending_bytes -= batch.record_bytes;
+            state.inflight_bytes = batch.record_bytes;
         }
-        if self.inner.state.borrow().active.room() < framed
-            && let Err(e) = self.start_segment().await
-        {
+        let roll = {
+            let state = self.inner.state.borrow();
+            state.roll_requested || state.active.room() < framed
+        };
+        if roll && let Err(e) = self.start_segment().await {
             let reason = self.latch(format!("cannot start a new WAL segment: {e}"));
             for (slot, _) in batch.waiters {
                 slot.fill(Err(WriteError::NotWritten { reason: reason.clone() }));
@@ -556,6 +652,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     ) {
         let mut state = self.inner.state.borrow_mut();
         let state = &mut *state;
+        state.inflight_bytes = 0;
         state.clock.lease_made_durable(lease);
         let batch = decode_batch(bytes, place, bytes.len() as u64).expect("a batch decodes right after it was encoded");
         let mut key = Vec::with_capacity(64);
@@ -579,6 +676,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         }
         for (slot, version) in waiters.drain(..) {
             slot.fill(Ok(version));
+        }
+        if state.memtable.bytes() >= self.inner.options.flush_bytes && state.frozen.is_none() {
+            // Freeze at this batch boundary: every write in WAL segments up to the active one is
+            // in the frozen memtable, and the next batch starts a new segment.
+            let memtable = std::mem::take(&mut state.memtable);
+            state.frozen = Some(Frozen { memtable: Rc::new(memtable), wal_seq_through: state.active.info.segment_seq });
+            state.roll_requested = true;
+            self.inner.maintenance_wake.notify();
         }
     }
 
@@ -614,6 +719,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         };
         let active = activate_segment(spare, info).await?;
         let mut state = self.inner.state.borrow_mut();
+        state.roll_requested = false;
         state.clock.lease_made_durable(info.version_lease);
         let old = std::mem::replace(&mut state.active, active);
         state.sealed.push_back((old.file_no, old.info.segment_seq, old.file));
@@ -661,4 +767,24 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             self.inner.flusher_wake.notify();
         }
     }
+}
+
+/// Opens every table the manifest lists and deletes table files it does not list (left by a
+/// flush or compaction that crashed before its manifest edit).
+async fn open_tables<D: Disk>(disk: &D, dir: &Path, manifest: &ManifestState) -> Result<Levels<D::File>, OpenError> {
+    let mut levels = Levels::default();
+    for meta in manifest.tables.values() {
+        let path = table_path(dir, meta.table_id);
+        let table = Table::open(disk, &path, meta.clone()).await.map_err(OpenError::Table)?;
+        levels.insert(Rc::new(table));
+    }
+    for name in disk.list(dir).await? {
+        if let Some(id) = parse_table_name(&name)
+            && !manifest.tables.contains_key(&id)
+        {
+            tracing::info!(file = %dir.join(&name).display(), "removing an orphan table (its manifest edit never happened)");
+            disk.remove(&dir.join(&name)).await?;
+        }
+    }
+    Ok(levels)
 }

@@ -1,0 +1,344 @@
+//! Manifest layout: an append-only log of edits to a shard's set of live tables.
+//!
+//! The manifest file is a sequence of records, each starting on a fresh 4 KiB block: a 32-byte
+//! [`ManifestRecordHeader`], then the edit's bytes, then zero padding. A snapshot is a manifest
+//! file whose first record is a full-state edit; it replaces the old file by rename.
+//!
+//! Invariant: every change of the live table set is exactly one record; a record is valid only
+//! at its offset (bound into the checksum) with the next sequence number.
+
+use crate::checksum::{crc32c, crc32c_append};
+use crate::version::Version;
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// "STMF": Strata manifest.
+pub const MANIFEST_MAGIC: u32 = u32::from_le_bytes(*b"STMF");
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_HEADER_SIZE: usize = size_of::<ManifestRecordHeader>();
+
+/// Manifest record header, at a 4 KiB-aligned offset of the manifest file.
+///
+/// ```text
+/// offset size field           meaning
+/// 0      4    magic           "STMF"
+/// 4      4    format_version  1
+/// 8      8    record_seq      1 for the first record of a file, then +1
+/// 16     4    edit_len        bytes of the edit after this header
+/// 20     4    reserved        0
+/// 24     4    crc             CRC32C of the offset (u64 LE), bytes 0..24, and the edit
+/// 28     4    reserved        0
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ManifestRecordHeader {
+    pub magic: U32,
+    pub format_version: U32,
+    pub record_seq: U64,
+    pub edit_len: U32,
+    pub reserved0: U32,
+    pub crc: U32,
+    pub reserved1: U32,
+}
+const _: () = assert!(size_of::<ManifestRecordHeader>() == 32);
+
+/// A live table as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMeta {
+    pub table_id: u64,
+    pub window: u64,
+    /// Age order within the window: a table with a higher order holds newer writes for any key
+    /// both hold. Tables of one sorted run share an order and have disjoint key ranges.
+    pub order: u64,
+    /// 0: a flushed table (or a merge of flushed tables); 1: part of the window's bottom run.
+    pub level: u8,
+    pub file_bytes: u64,
+    pub entry_count: u64,
+    pub version_max: Version,
+    pub key_min: Vec<u8>,
+    pub key_max: Vec<u8>,
+}
+
+/// One edit: tables added and removed, and the shard-wide counters that move with them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ManifestEdit {
+    /// A snapshot: the tables listed are the whole live set.
+    pub snapshot: bool,
+    pub table_id_next: u64,
+    pub order_next: u64,
+    /// WAL segments below this sequence are persisted in tables and need no replay.
+    pub wal_replay_from_seq: u64,
+    /// Every version ever issued is at most this (recovery restarts above it).
+    pub version_floor: Version,
+    /// Windows sealed against further compaction into one run.
+    pub windows_settled: Vec<u64>,
+    pub added: Vec<TableMeta>,
+    pub removed: Vec<u64>,
+}
+
+/// Why manifest bytes do not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestFormatError {
+    Unwritten,
+    BadMagic { found: u32 },
+    BadFormatVersion { found: u32 },
+    ReservedNonZero,
+    ChecksumMismatch { stored: u32, computed: u32 },
+    Truncated { needed: usize, available: usize },
+    BadEdit { reason: &'static str },
+}
+
+impl std::fmt::Display for ManifestFormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unwritten => write!(f, "never written (zero bytes)"),
+            Self::BadMagic { found } => write!(f, "bad magic {found:#010x}"),
+            Self::BadFormatVersion { found } => write!(f, "unknown manifest format version {found}"),
+            Self::ReservedNonZero => write!(f, "reserved field is not zero"),
+            Self::ChecksumMismatch { stored, computed } => {
+                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+            }
+            Self::Truncated { needed, available } => {
+                write!(f, "truncated: needs {needed} bytes, {available} available")
+            }
+            Self::BadEdit { reason } => write!(f, "malformed edit: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ManifestFormatError {}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A little reader over edit bytes; every read is checked.
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ManifestFormatError> {
+        if self.rest.len() < n {
+            return Err(ManifestFormatError::BadEdit { reason: "edit ends early" });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, ManifestFormatError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, ManifestFormatError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, ManifestFormatError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, ManifestFormatError> {
+        let len = usize::from(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")));
+        Ok(self.take(len)?.to_vec())
+    }
+    /// A count of items at least `item_min` bytes each, bounded by the bytes left.
+    fn count(&mut self, item_min: usize) -> Result<usize, ManifestFormatError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item_min) > self.rest.len() {
+            return Err(ManifestFormatError::BadEdit { reason: "count exceeds the edit" });
+        }
+        Ok(n)
+    }
+}
+
+impl ManifestEdit {
+    /// The edit's bytes (all integers little-endian; byte strings prefixed by a u16 length).
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.added.len() * 96);
+        out.push(u8::from(self.snapshot));
+        for v in [self.table_id_next, self.order_next, self.wal_replay_from_seq, self.version_floor] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.windows_settled.len() as u32).to_le_bytes());
+        for w in &self.windows_settled {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.added.len() as u32).to_le_bytes());
+        for t in &self.added {
+            for v in [t.table_id, t.window, t.order] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.push(t.level);
+            for v in [t.file_bytes, t.entry_count, t.version_max] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            put_bytes(&mut out, &t.key_min);
+            put_bytes(&mut out, &t.key_max);
+        }
+        out.extend_from_slice(&(self.removed.len() as u32).to_le_bytes());
+        for id in &self.removed {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestFormatError> {
+        let mut c = Cursor { rest: bytes };
+        let snapshot = match c.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(ManifestFormatError::BadEdit { reason: "snapshot flag is neither 0 nor 1" }),
+        };
+        let mut edit = Self {
+            snapshot,
+            table_id_next: c.u64()?,
+            order_next: c.u64()?,
+            wal_replay_from_seq: c.u64()?,
+            version_floor: c.u64()?,
+            ..Self::default()
+        };
+        for _ in 0..c.count(8)? {
+            edit.windows_settled.push(c.u64()?);
+        }
+        for _ in 0..c.count(53)? {
+            let (table_id, window, order) = (c.u64()?, c.u64()?, c.u64()?);
+            let level = c.u8()?;
+            let (file_bytes, entry_count, version_max) = (c.u64()?, c.u64()?, c.u64()?);
+            let (key_min, key_max) = (c.bytes()?, c.bytes()?);
+            if level > 1 || key_min > key_max {
+                return Err(ManifestFormatError::BadEdit { reason: "bad table level or key range" });
+            }
+            edit.added.push(TableMeta {
+                table_id,
+                window,
+                order,
+                level,
+                file_bytes,
+                entry_count,
+                version_max,
+                key_min,
+                key_max,
+            });
+        }
+        for _ in 0..c.count(8)? {
+            edit.removed.push(c.u64()?);
+        }
+        if !c.rest.is_empty() {
+            return Err(ManifestFormatError::BadEdit { reason: "bytes after the edit" });
+        }
+        Ok(edit)
+    }
+}
+
+/// Frames an edit as the record `record_seq` at `offset`, padded to a 4 KiB boundary.
+#[must_use]
+pub fn encode_record(offset: u64, record_seq: u64, edit: &ManifestEdit) -> Vec<u8> {
+    let body = edit.encode();
+    let mut header = ManifestRecordHeader {
+        magic: MANIFEST_MAGIC.into(),
+        format_version: MANIFEST_FORMAT_VERSION.into(),
+        record_seq: record_seq.into(),
+        edit_len: u32::try_from(body.len()).expect("an edit fits u32").into(),
+        reserved0: 0.into(),
+        crc: 0.into(),
+        reserved1: 0.into(),
+    };
+    let crc = crc32c_append(crc32c_append(crc32c(&offset.to_le_bytes()), &header.as_bytes()[..24]), &body);
+    header.crc = crc.into();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out.resize(crate::align_up_block(out.len()), 0);
+    out
+}
+
+/// Decodes the record at the start of `bytes`, found at `offset`; returns its sequence, its
+/// edit, and the bytes it occupies (padding included).
+pub fn decode_record(bytes: &[u8], offset: u64) -> Result<(u64, ManifestEdit, u64), ManifestFormatError> {
+    let (header, rest) = ManifestRecordHeader::read_from_prefix(bytes)
+        .map_err(|_| ManifestFormatError::Truncated { needed: MANIFEST_HEADER_SIZE, available: bytes.len() })?;
+    if header.magic.get() != MANIFEST_MAGIC {
+        if bytes[..MANIFEST_HEADER_SIZE].iter().all(|b| *b == 0) {
+            return Err(ManifestFormatError::Unwritten);
+        }
+        return Err(ManifestFormatError::BadMagic { found: header.magic.get() });
+    }
+    let len = header.edit_len.get() as usize;
+    if rest.len() < len {
+        return Err(ManifestFormatError::Truncated { needed: MANIFEST_HEADER_SIZE + len, available: bytes.len() });
+    }
+    let body = &rest[..len];
+    let computed = crc32c_append(crc32c_append(crc32c(&offset.to_le_bytes()), &header.as_bytes()[..24]), body);
+    if computed != header.crc.get() {
+        return Err(ManifestFormatError::ChecksumMismatch { stored: header.crc.get(), computed });
+    }
+    if header.format_version.get() != MANIFEST_FORMAT_VERSION {
+        return Err(ManifestFormatError::BadFormatVersion { found: header.format_version.get() });
+    }
+    if header.reserved0.get() != 0 || header.reserved1.get() != 0 {
+        return Err(ManifestFormatError::ReservedNonZero);
+    }
+    let edit = ManifestEdit::decode(body)?;
+    Ok((header.record_seq.get(), edit, crate::align_up_block(MANIFEST_HEADER_SIZE + len) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit() -> ManifestEdit {
+        ManifestEdit {
+            snapshot: false,
+            table_id_next: 42,
+            order_next: 17,
+            wal_replay_from_seq: 9,
+            version_floor: 1 << 50,
+            windows_settled: vec![19_000, 19_001],
+            added: vec![TableMeta {
+                table_id: 41,
+                window: 19_002,
+                order: 16,
+                level: 0,
+                file_bytes: 1 << 20,
+                entry_count: 5000,
+                version_max: 1 << 49,
+                key_min: b"aaa".to_vec(),
+                key_max: b"zzz".to_vec(),
+            }],
+            removed: vec![3, 4, 5],
+        }
+    }
+
+    #[test]
+    fn manifest_record_round_trips() {
+        let bytes = encode_record(8192, 3, &edit());
+        assert_eq!(bytes.len() % crate::BLOCK_SIZE, 0);
+        let (seq, decoded, len) = decode_record(&bytes, 8192).unwrap();
+        assert_eq!((seq, decoded, len), (3, edit(), bytes.len() as u64));
+    }
+
+    #[test]
+    fn manifest_record_detects_every_single_bit_flip() {
+        let bytes = encode_record(8192, 3, &edit());
+        let covered = MANIFEST_HEADER_SIZE + edit().encode().len();
+        for bit in 0..covered * 8 {
+            let mut bad = bytes.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_record(&bad, 8192).is_err(), "flip of bit {bit} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn manifest_record_is_bound_to_its_offset() {
+        let bytes = encode_record(8192, 3, &edit());
+        assert!(matches!(decode_record(&bytes, 4096), Err(ManifestFormatError::ChecksumMismatch { .. })));
+        assert_eq!(decode_record(&[0; 4096], 0).unwrap_err(), ManifestFormatError::Unwritten);
+    }
+
+    #[test]
+    fn manifest_edit_refuses_counts_beyond_its_bytes() {
+        let mut bytes = edit().encode();
+        let at = 1 + 32;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ManifestEdit::decode(&bytes).is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! Maintenance: flushing frozen memtables to tables, compacting windows, dropping expired ones.
+//!
+//! One maintenance task per shard runs these one job at a time, at low priority, so the
+//! manifest has one writer. Each job writes and syncs its new tables, opens them, commits one
+//! manifest edit, and publishes the change to readers in the same synchronous step; files that
+//! left the live set are removed only after the edit is durable.
+//!
+//! Invariant: a job's edit names all its inputs and outputs; until it is durable, the old
+//! tables (and WAL segments) stay live, so a crash at any point leaves either the old state or
+//! the new one, never a gap. Tombstones are dropped only by a merge of every table of a window.
+
+use super::Shard;
+use crate::lsm::table::{BlockFormat, Table, TableCursor, TableWriter, table_path, write_table};
+use crate::lsm::{WINDOW_TIMELESS, ts_of_key, window_of};
+use crate::memtable::MemEntry;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use strata_format::manifest::ManifestEdit;
+use strata_format::manifest::TableMeta;
+use strata_format::version::Version;
+use strata_ioengine::{Clock, Disk};
+
+/// A planned merge of tables of one window.
+struct Compaction<F> {
+    window: u64,
+    inputs: Vec<Rc<Table<F>>>,
+    level: u8,
+    format: BlockFormat,
+    drop_tombstones: bool,
+    settle: bool,
+}
+
+enum Job<F> {
+    Flush,
+    Compact(Compaction<F>),
+    Expire(Vec<u64>),
+}
+
+impl<D: Disk, C: Clock> Shard<D, C> {
+    /// The shard's maintenance work. Run it on the shard's executor, at low priority; it ends
+    /// when the shard closes or turns read-only.
+    pub fn maintenance(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let shard = self.clone();
+        async move { shard.run_maintenance().await }
+    }
+
+    /// Asks maintenance to look for work (time-based work such as settling a window is found
+    /// when maintenance wakes; call this periodically on an idle shard).
+    pub fn wake_maintenance(&self) {
+        self.inner.maintenance_wake.notify();
+    }
+
+    async fn run_maintenance(self) {
+        loop {
+            {
+                let state = self.inner.state.borrow();
+                if state.closing || state.read_only.is_some() {
+                    drop(state);
+                    self.inner.state.borrow_mut().maintenance_done = true;
+                    return;
+                }
+            }
+            let outcome = match self.next_job() {
+                Some(Job::Flush) => self.flush().await,
+                Some(Job::Compact(plan)) => self.compact(plan).await,
+                Some(Job::Expire(windows)) => self.expire(windows).await,
+                None => {
+                    self.inner.maintenance_wake.notified().await;
+                    continue;
+                }
+            };
+            if let Err(reason) = outcome {
+                let reason = self.latch(reason);
+                self.fail_pending(&reason);
+                self.inner.flusher_wake.notify();
+            }
+        }
+    }
+
+    fn format_for(&self, window: u64, settled: bool) -> BlockFormat {
+        let options = &self.inner.options;
+        if settled || window == WINDOW_TIMELESS { options.cold_format } else { options.hot_format }
+    }
+
+    fn window_settled_by_age(&self, window: u64) -> bool {
+        let options = &self.inner.options;
+        let window_end = window.saturating_add(1).saturating_mul(options.window_us);
+        window != WINDOW_TIMELESS && window_end.saturating_add(options.settle_us) <= self.inner.clock.now_us()
+    }
+
+    fn window_expired(&self, window: u64) -> bool {
+        let options = &self.inner.options;
+        let Some(retention) = options.retention_us else { return false };
+        let window_end = window.saturating_add(1).saturating_mul(options.window_us);
+        window != WINDOW_TIMELESS && window_end.saturating_add(retention) <= self.inner.clock.now_us()
+    }
+
+    /// True when reads must ignore `window` (it is past retention).
+    pub(super) fn is_expired(&self, window: u64) -> bool {
+        self.window_expired(window)
+    }
+
+    fn next_job(&self) -> Option<Job<D::File>> {
+        let state = self.inner.state.borrow();
+        if state.frozen.is_some() {
+            return Some(Job::Flush);
+        }
+        let expired: Vec<u64> = state.levels.windows().map(|(w, _)| w).filter(|w| self.window_expired(*w)).collect();
+        if !expired.is_empty() {
+            return Some(Job::Expire(expired));
+        }
+        for (window, tables) in state.levels.windows() {
+            let level0 = tables.iter().filter(|t| t.meta.level == 0).count();
+            let settled = state.manifest.windows_settled.contains(&window);
+            let whole = |settle| Compaction {
+                window,
+                inputs: tables.to_vec(),
+                level: 1,
+                format: self.format_for(window, true),
+                drop_tombstones: true,
+                settle,
+            };
+            if window == WINDOW_TIMELESS {
+                if level0 >= 4 {
+                    return Some(Job::Compact(whole(false)));
+                }
+            } else if self.window_settled_by_age(window) {
+                // A window settles once, into one run; late writes are folded in when they pile up.
+                if (!settled && (level0 > 0)) || level0 >= 4 {
+                    return Some(Job::Compact(whole(true)));
+                }
+            } else if level0 > self.inner.options.tables_per_window_max {
+                return Some(Job::Compact(self.tier_merge(window, tables)));
+            }
+        }
+        None
+    }
+
+    /// Picks newest consecutive flushed tables of similar size (size-tiered), so a hot window
+    /// rewrites each byte about log4(tables) times rather than on every merge.
+    fn tier_merge(&self, window: u64, tables: &[Rc<Table<D::File>>]) -> Compaction<D::File> {
+        let level0: Vec<&Rc<Table<D::File>>> = tables.iter().filter(|t| t.meta.level == 0).collect();
+        let mut group: Vec<Rc<Table<D::File>>> = Vec::new();
+        for table in &level0 {
+            let smallest = group.iter().map(|t| t.file_bytes()).min().unwrap_or(table.file_bytes());
+            if !group.is_empty() && table.file_bytes() > smallest.saturating_mul(4) && group.len() >= 4 {
+                break;
+            }
+            group.push((*table).clone());
+        }
+        let everything = group.len() == tables.len();
+        Compaction {
+            window,
+            inputs: group,
+            level: 0,
+            format: self.format_for(window, false),
+            drop_tombstones: everything,
+            settle: false,
+        }
+    }
+
+    /// Commits `edit` to the manifest; on success it is the shard's manifest state.
+    async fn commit_edit(&self, edit: ManifestEdit) -> Result<(), String> {
+        let mut log = self.inner.manifest_log.borrow_mut().take().expect("maintenance is the manifest's only writer");
+        let mut next = self.inner.state.borrow().manifest.clone();
+        next.apply(&edit);
+        let result = log.append(&edit, &next).await;
+        *self.inner.manifest_log.borrow_mut() = Some(log);
+        result.map_err(|e| format!("manifest edit failed (its outcome is unknown until restart): {e}"))?;
+        self.inner.state.borrow_mut().manifest = next;
+        Ok(())
+    }
+
+    fn alloc_table_id(&self) -> u64 {
+        let mut state = self.inner.state.borrow_mut();
+        let id = state.table_id_next.max(state.manifest.table_id_next);
+        state.table_id_next = id + 1;
+        id
+    }
+
+    fn alloc_order(&self) -> u64 {
+        let mut state = self.inner.state.borrow_mut();
+        let order = state.order_next.max(state.manifest.order_next);
+        state.order_next = order + 1;
+        order
+    }
+
+    /// Writes the frozen memtable as one table per window, then releases its WAL segments.
+    async fn flush(&self) -> Result<(), String> {
+        let (memtable, wal_seq_through) = {
+            let state = self.inner.state.borrow();
+            let frozen = state.frozen.as_ref().expect("a flush job has a frozen memtable");
+            (frozen.memtable.clone(), frozen.wal_seq_through)
+        };
+        let mut by_window: BTreeMap<u64, Vec<(&[u8], &MemEntry)>> = BTreeMap::new();
+        for (key, entry) in memtable.iter() {
+            let window = window_of(ts_of_key(key), self.inner.options.window_us);
+            if !self.window_expired(window) {
+                by_window.entry(window).or_default().push((key, entry));
+            }
+        }
+        let order = self.alloc_order();
+        let mut added = Vec::new();
+        let mut opened = Vec::new();
+        let mut bytes = 0;
+        for (window, entries) in by_window {
+            let table_id = self.alloc_table_id();
+            let path = table_path(&self.inner.tables_dir, table_id);
+            let settled = self.inner.state.borrow().manifest.windows_settled.contains(&window);
+            let format = self.format_for(window, settled);
+            let rows = entries.iter().map(|(k, e)| (*k, e.version, e.value.as_deref()));
+            let mut meta = write_table(&self.inner.disk, &path, table_id, window, format, rows)
+                .await
+                .map_err(|e| format!("flush failed writing a table: {e}"))?;
+            meta.order = order;
+            bytes += meta.file_bytes;
+            let table =
+                Table::open(&self.inner.disk, &path, meta.clone()).await.map_err(|e| format!("flush failed: {e}"))?;
+            added.push(meta);
+            opened.push(Rc::new(table));
+        }
+        let edit = self.edit(added, Vec::new(), Vec::new(), Some(wal_seq_through + 1));
+        tracing::debug!(wal_seq_through, tables = ?edit.added.iter().map(|t| (t.table_id, t.window, t.order, t.entry_count)).collect::<Vec<_>>(), "flush");
+        self.commit_edit(edit).await?;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            for table in opened {
+                state.levels.insert(table);
+            }
+            state.frozen = None;
+            state.stats.flushes += 1;
+            state.stats.flush_bytes_written += bytes;
+        }
+        // If no batch has arrived since the freeze, its last segment is still the active one:
+        // it holds only flushed writes and no new ones (the next batch starts a new segment),
+        // and it is released by a later flush once it is no longer active.
+        let active = self.active_segment_seq();
+        if active > 1 {
+            self.release_segments_through(wal_seq_through.min(active - 1));
+        }
+        Ok(())
+    }
+
+    fn edit(
+        &self,
+        added: Vec<TableMeta>,
+        removed: Vec<u64>,
+        settled: Vec<u64>,
+        replay_from: Option<u64>,
+    ) -> ManifestEdit {
+        let state = self.inner.state.borrow();
+        ManifestEdit {
+            snapshot: false,
+            table_id_next: state.table_id_next.max(state.manifest.table_id_next),
+            order_next: state.order_next.max(state.manifest.order_next),
+            wal_replay_from_seq: replay_from.unwrap_or(state.manifest.wal_replay_from_seq),
+            version_floor: state.clock.lease_durable(),
+            windows_settled: settled,
+            added,
+            removed,
+        }
+    }
+
+    /// Merges the inputs (streaming, block by block), paced by the compaction byte rate.
+    async fn compact(&self, plan: Compaction<D::File>) -> Result<(), String> {
+        let failed = |e: &dyn std::fmt::Display| format!("compaction of window {} failed: {e}", plan.window);
+        let order = plan.inputs.iter().map(|t| t.meta.order).max().expect("a compaction has inputs");
+        let mut cursors: Vec<TableCursor<D::File>> = plan.inputs.iter().cloned().map(TableCursor::new).collect();
+        let mut outputs: Vec<TableMeta> = Vec::new();
+        let mut writer: Option<TableWriter<D::File>> = None;
+        let started_us = self.inner.clock.now_us();
+        let mut written_done = 0u64;
+        loop {
+            // The smallest key among the cursors; the highest version of it wins.
+            let mut smallest: Option<Vec<u8>> = None;
+            for cursor in &mut cursors {
+                if let Some(key) = cursor.peek_key().await.map_err(|e| failed(&e))?
+                    && smallest.as_deref().is_none_or(|s| key < s)
+                {
+                    smallest = Some(key.to_vec());
+                }
+            }
+            let Some(key) = smallest else { break };
+            let mut winner: Option<(Version, Option<Vec<u8>>)> = None;
+            for cursor in &mut cursors {
+                if cursor.peek_key().await.map_err(|e| failed(&e))? == Some(key.as_slice()) {
+                    let (_, version, value) = cursor.pop().expect("peeked an entry");
+                    if winner.as_ref().is_none_or(|(v, _)| version > *v) {
+                        winner = Some((version, value));
+                    }
+                }
+            }
+            let (version, value) = winner.expect("the smallest key came from a cursor");
+            if plan.drop_tombstones && value.is_none() {
+                continue;
+            }
+            if writer.is_none() {
+                let table_id = self.alloc_table_id();
+                let path = table_path(&self.inner.tables_dir, table_id);
+                writer = Some(
+                    TableWriter::create(&self.inner.disk, &path, table_id, plan.window, plan.format)
+                        .await
+                        .map_err(|e| failed(&e))?,
+                );
+            }
+            let w = writer.as_mut().expect("created above");
+            let before = w.bytes_written();
+            w.add(&key, version, value.as_deref()).await.map_err(|e| failed(&e))?;
+            if w.bytes_written() > before {
+                written_done += w.bytes_written() - before;
+                self.pace(started_us, written_done).await;
+            }
+            if w.bytes() >= self.inner.options.table_bytes_target {
+                let mut meta = writer.take().expect("checked above").finish().await.map_err(|e| failed(&e))?;
+                meta.order = order;
+                meta.level = plan.level;
+                outputs.push(meta);
+            }
+        }
+        if let Some(w) = writer.take() {
+            let mut meta = w.finish().await.map_err(|e| failed(&e))?;
+            meta.order = order;
+            meta.level = plan.level;
+            outputs.push(meta);
+        }
+        let mut opened = Vec::new();
+        for meta in &outputs {
+            let path = table_path(&self.inner.tables_dir, meta.table_id);
+            opened.push(Rc::new(Table::open(&self.inner.disk, &path, meta.clone()).await.map_err(|e| failed(&e))?));
+        }
+        let bytes_read: u64 = cursors.iter().map(|c| c.bytes_read).sum();
+        let bytes_written: u64 = outputs.iter().map(|m| m.file_bytes).sum();
+        let removed: Vec<u64> = plan.inputs.iter().map(|t| t.meta.table_id).collect();
+        let settled = if plan.settle { vec![plan.window] } else { Vec::new() };
+        tracing::debug!(window = plan.window, inputs = ?plan.inputs.iter().map(|t| t.meta.table_id).collect::<Vec<_>>(), outputs = ?outputs.iter().map(|t| t.table_id).collect::<Vec<_>>(), "compaction");
+        self.commit_edit(self.edit(outputs, removed.clone(), settled, None)).await?;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            for id in &removed {
+                state.levels.remove(plan.window, *id);
+            }
+            for table in opened {
+                state.levels.insert(table);
+            }
+            state.stats.compactions += 1;
+            state.stats.compaction_bytes_read += bytes_read;
+            state.stats.compaction_bytes_written += bytes_written;
+        }
+        self.remove_tables(&removed).await
+    }
+
+    /// Sleeps while compaction is ahead of its byte budget.
+    async fn pace(&self, started_us: u64, written: u64) {
+        let rate = self.inner.options.compaction_bytes_per_s.max(1);
+        let due_us = started_us.saturating_add(written.saturating_mul(1_000_000) / rate);
+        let now = self.inner.clock.now_us();
+        if due_us > now {
+            self.inner.clock.sleep_us(due_us - now).await;
+        }
+    }
+
+    /// Drops every table of windows past retention.
+    async fn expire(&self, windows: Vec<u64>) -> Result<(), String> {
+        let removed: Vec<(u64, u64)> = {
+            let state = self.inner.state.borrow();
+            windows.iter().flat_map(|w| state.levels.window(*w).iter().map(move |t| (*w, t.meta.table_id))).collect()
+        };
+        let ids: Vec<u64> = removed.iter().map(|(_, id)| *id).collect();
+        self.commit_edit(self.edit(Vec::new(), ids.clone(), Vec::new(), None)).await?;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            for (window, id) in &removed {
+                state.levels.remove(*window, *id);
+            }
+        }
+        self.remove_tables(&ids).await
+    }
+
+    async fn remove_tables(&self, ids: &[u64]) -> Result<(), String> {
+        for id in ids {
+            let path = table_path(&self.inner.tables_dir, *id);
+            self.inner.disk.remove(&path).await.map_err(|e| format!("cannot remove a dropped table: {e}"))?;
+        }
+        Ok(())
+    }
+}

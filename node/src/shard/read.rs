@@ -1,0 +1,187 @@
+//! Reads: point gets and timeline scans across the memtable, the frozen memtable and tables.
+//!
+//! Invariant: a read never holds the shard's state borrowed across an await; it takes what it
+//! needs (entries from memory, handles to tables) in one synchronous step, then reads tables.
+//! Versions of a key strictly increase from tables to frozen memtable to memtable, so when
+//! sources disagree the highest version wins.
+
+use super::{Shard, StoredEntry, Versioned};
+use crate::lsm::table::TableError;
+use crate::lsm::{ts_of_key, window_of};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::rc::Rc;
+use strata_format::key::{KeyError, Timestamp, decode_key, encode_key};
+use strata_format::version::Version;
+use strata_ioengine::{Clock, Disk};
+
+/// Why a read failed.
+#[derive(Debug)]
+pub enum ReadError {
+    BadKey(KeyError),
+    /// A table could not be read, or failed its checksum: nothing from it was returned.
+    Table(TableError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadKey(e) => write!(f, "bad key: {e}"),
+            Self::Table(e) => write!(f, "read failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl From<TableError> for ReadError {
+    fn from(e: TableError) -> Self {
+        Self::Table(e)
+    }
+}
+
+/// One entry of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEntry {
+    pub ts: Timestamp,
+    pub version: Version,
+    pub value: Vec<u8>,
+}
+
+/// Entries of one key range gathered from several sources: the highest version per key wins.
+type Merged = BTreeMap<Vec<u8>, (Version, Option<Vec<u8>>)>;
+
+fn merge_in(merged: &mut Merged, key: Vec<u8>, version: Version, value: Option<Vec<u8>>) {
+    match merged.get(&key) {
+        Some((held, _)) if *held >= version => {}
+        _ => {
+            merged.insert(key, (version, value));
+        }
+    }
+}
+
+impl<D: Disk, C: Clock> Shard<D, C> {
+    /// The value at `(pkey, ts)` and its version, if present.
+    pub async fn get(&self, pkey: &[u8], ts: Timestamp) -> Result<Option<(Version, Vec<u8>)>, ReadError> {
+        Ok(self.get_entry(pkey, ts).await?.and_then(|(v, value)| value.map(|value| (v, value))))
+    }
+
+    /// The newest entry at `(pkey, ts)`, tombstones included.
+    pub async fn get_entry(&self, pkey: &[u8], ts: Timestamp) -> Result<Option<Versioned>, ReadError> {
+        let key = encode_key(pkey, ts).map_err(ReadError::BadKey)?;
+        let window = window_of(ts, self.inner.options.window_us);
+        if self.is_expired(window) {
+            return Ok(None);
+        }
+        let tables = {
+            let state = self.inner.state.borrow();
+            if let Some(entry) = state.memtable.get(&key) {
+                return Ok(Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))));
+            }
+            if let Some(entry) = state.frozen.as_ref().and_then(|f| f.memtable.get(&key)) {
+                return Ok(Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))));
+            }
+            state.levels.probe_order(window, &key)
+        };
+        for table in tables {
+            if let Some(found) = table.get(&key, &self.inner.cache).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` live entries of `pkey` with `ts_from <= ts <= ts_to`, newest first or
+    /// oldest first. Newest first with a limit is the timeline page.
+    pub async fn scan(
+        &self,
+        pkey: &[u8],
+        ts_from: Timestamp,
+        ts_to: Timestamp,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<ScanEntry>, ReadError> {
+        let from = encode_key(pkey, ts_from).map_err(ReadError::BadKey)?;
+        let to = encode_key(pkey, ts_to).map_err(ReadError::BadKey)?;
+        let window_us = self.inner.options.window_us;
+        let (w_from, w_to) = (window_of(ts_from, window_us), window_of(ts_to, window_us));
+        // Memory first, all windows at once; then tables, one window at a time.
+        let (mut by_window, windows, tables_of) = {
+            let state = self.inner.state.borrow();
+            let mut by_window: BTreeMap<u64, Merged> = BTreeMap::new();
+            let range = (Bound::Included(from.as_slice()), Bound::Included(to.as_slice()));
+            let frozen = state.frozen.as_ref().map(|f| f.memtable.clone());
+            for memtable in frozen.iter().map(Rc::as_ref).chain(std::iter::once(&state.memtable)) {
+                for (key, entry) in memtable.range(range) {
+                    let window = window_of(ts_of_key(key), window_us);
+                    let merged = by_window.entry(window).or_default();
+                    merge_in(merged, key.to_vec(), entry.version, entry.value.as_ref().map(|v| v.to_vec()));
+                }
+            }
+            let mut windows: Vec<u64> =
+                state.levels.windows_in(w_from, w_to).chain(by_window.keys().copied()).collect();
+            windows.retain(|w| !self.is_expired(*w));
+            windows.sort_unstable();
+            windows.dedup();
+            if newest_first {
+                windows.reverse();
+            }
+            let tables_of: BTreeMap<u64, Vec<_>> =
+                windows.iter().map(|w| (*w, state.levels.window(*w).to_vec())).collect();
+            (by_window, windows, tables_of)
+        };
+        let mut out = Vec::new();
+        for window in windows {
+            let mut merged = by_window.remove(&window).unwrap_or_default();
+            for table in &tables_of[&window] {
+                for (key, version, value) in table.range(&from, &to, &self.inner.cache).await? {
+                    merge_in(&mut merged, key, version, value);
+                }
+            }
+            let live =
+                merged.into_iter().filter_map(|(key, (version, value))| value.map(|v| (ts_of_key(&key), version, v)));
+            let mut entries: Vec<ScanEntry> =
+                live.map(|(ts, version, value)| ScanEntry { ts, version, value }).collect();
+            if newest_first {
+                entries.reverse();
+            }
+            for entry in entries {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored entry in key order, tombstones included, merged across memory and tables
+    /// (for checks and tools; it reads every table).
+    pub async fn dump(&self) -> Result<Vec<StoredEntry>, ReadError> {
+        let (mut merged, tables) = {
+            let state = self.inner.state.borrow();
+            let mut merged = Merged::new();
+            let frozen = state.frozen.as_ref().map(|f| f.memtable.clone());
+            for memtable in frozen.iter().map(Rc::as_ref).chain(std::iter::once(&state.memtable)) {
+                for (key, entry) in memtable.iter() {
+                    merge_in(&mut merged, key.to_vec(), entry.version, entry.value.as_ref().map(|v| v.to_vec()));
+                }
+            }
+            (merged, state.levels.all().cloned().collect::<Vec<_>>())
+        };
+        for table in tables {
+            for (key, version, value) in table.all(&self.inner.cache).await? {
+                merge_in(&mut merged, key, version, value);
+            }
+        }
+        let window_us = self.inner.options.window_us;
+        Ok(merged
+            .into_iter()
+            .filter(|(key, _)| !self.is_expired(window_of(ts_of_key(key), window_us)))
+            .map(|(key, (version, value))| {
+                let k = decode_key(&key).expect("stored keys are encoded by the shard");
+                StoredEntry { pkey: k.pkey.to_vec(), ts: k.ts, version, value }
+            })
+            .collect())
+    }
+}
