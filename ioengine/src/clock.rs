@@ -15,6 +15,14 @@ pub trait Clock: Clone + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+impl SystemClock {
+    /// The wall clock in microseconds, without a clock value at hand.
+    #[must_use]
+    pub fn now_us_static() -> u64 {
+        Self.now_us()
+    }
+}
+
 impl Clock for SystemClock {
     fn now_us(&self) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)

@@ -77,6 +77,52 @@ impl Disk for DmaDisk {
     }
 
     async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError> {
+        self.create_dirs(path).await?;
+        prime_iopoll_probe(path).await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        sync_dir("fsync directory", dir).await
+    }
+
+    async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        list_dir(dir)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<DirLock, DiskError> {
+        lock_dir(dir)
+    }
+}
+
+thread_local! {
+    /// Devices whose io_poll support glommio has already probed with real data.
+    static PRIMED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();
+}
+
+/// glommio decides once per device whether reads may use the io_poll ring, by reading offset 0
+/// of the first file it opens there. If that file is empty (a new WAL segment), the read
+/// succeeds without reaching the device, glommio wrongly concludes io_poll works, and every
+/// later read on a device without poll queues fails with ENOTSUP. So before any file is
+/// created on a device, open one holding a block of real data, so the probe reaches the device.
+async fn prime_iopoll_probe(dir: &Path) -> Result<(), DiskError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let err = |e| DiskError::new("probe io_poll support", dir, None, e);
+    let device = std::fs::metadata(dir).map_err(err)?.dev();
+    if PRIMED_DEVICES.with(|primed| primed.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let probe = dir.join(format!(".strata-iopoll-probe-{}", std::process::id()));
+    std::fs::write(&probe, vec![0x5a; 4096]).map_err(err)?;
+    let opened = OpenOptions::new().read(true).dma_open(&probe).await;
+    let _ = std::fs::remove_file(&probe);
+    let file = opened.map_err(|e| DiskError::new("probe io_poll support", &probe, None, io_error(e)))?;
+    let _ = file.close().await;
+    PRIMED_DEVICES.with(|primed| primed.borrow_mut().insert(device));
+    Ok(())
+}
+
+impl DmaDisk {
+    async fn create_dirs(&self, path: &Path) -> Result<(), DiskError> {
         let mut missing = Vec::new();
         let mut cursor = Some(path);
         while let Some(dir) = cursor {
@@ -92,43 +138,39 @@ impl Disk for DmaDisk {
         }
         Ok(())
     }
+}
 
-    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
-        sync_dir("fsync directory", dir).await
+fn list_dir(dir: &Path) -> Result<Vec<String>, DiskError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| DiskError::new("list", dir, None, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DiskError::new("list", dir, None, e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
     }
+    names.sort();
+    Ok(names)
+}
 
-    async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| DiskError::new("list", dir, None, e))?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| DiskError::new("list", dir, None, e))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
-        Ok(names)
-    }
-
-    fn lock_dir(&self, dir: &Path) -> Result<DirLock, DiskError> {
-        let path = dir.join("LOCK");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| DiskError::new("open lock file", &path, None, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock::new(Box::new(file))),
-            Err(std::fs::TryLockError::WouldBlock) => Err(DiskError::new(
-                "lock",
-                &path,
-                None,
-                std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    "the data directory is locked by another process (is another strata running on it?)",
-                ),
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(DiskError::new("lock", &path, None, e)),
-        }
+fn lock_dir(dir: &Path) -> Result<DirLock, DiskError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DiskError::new("open lock file", &path, None, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock::new(Box::new(file))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DiskError::new(
+            "lock",
+            &path,
+            None,
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "the data directory is locked by another process (is another strata running on it?)",
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(DiskError::new("lock", &path, None, e)),
     }
 }
 
