@@ -80,7 +80,8 @@ pub fn run(args: &Args) -> Result<Report, String> {
     let _ = std::fs::remove_dir_all(&shard_dir);
     let stat_file = devstat::stat_file_for(&args.dir);
     let before = stat_file.as_deref().and_then(devstat::read);
-    let spec = ExecutorSpec { name: "engine-put".into(), cpu: args.cpu, io_memory_bytes: 2 << 20 };
+    let spec =
+        ExecutorSpec { name: "engine-put".into(), cpu: args.cpu, io_memory_bytes: 2 << 20, spin_before_park: None };
     let (writers, value_bytes, seconds) = (args.writers, args.value_bytes, args.seconds);
     let measured =
         run_pinned(&spec, move || measure(shard_dir, writers, value_bytes, seconds)).map_err(|e| e.to_string())??;

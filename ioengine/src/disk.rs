@@ -78,6 +78,9 @@ pub trait Disk: Clone + 'static {
     async fn remove(&self, path: &Path) -> Result<(), DiskError>;
     /// Creates a directory and its parents if missing, fsyncing each parent it changed.
     async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError>;
+    /// Free and total bytes of the filesystem holding `dir` (free: what unprivileged writers
+    /// may still use).
+    async fn space(&self, dir: &Path) -> Result<(u64, u64), DiskError>;
     /// Makes every entry of a directory durable (an fsync of the directory).
     async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
     /// Names of the entries of a directory, sorted.

@@ -11,6 +11,9 @@ pub struct ExecutorSpec {
     pub cpu: usize,
     /// Bytes of io_uring-registered DMA memory. It is locked memory: it must fit `ulimit -l`.
     pub io_memory_bytes: usize,
+    /// Busy-poll this long for new work before sleeping in the kernel (`None`: sleep at once).
+    /// Spinning trades idle CPU for the latency of waking up when I/O completes.
+    pub spin_before_park: Option<std::time::Duration>,
 }
 
 /// The default registered I/O memory per executor: small enough that two executors fit the
@@ -72,7 +75,11 @@ where
             spec.cpu
         )));
     }
-    let handle = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
+    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(spec.cpu));
+    if let Some(spin) = spec.spin_before_park {
+        builder = builder.spin_before_park(spin);
+    }
+    let handle = builder
         .name(&spec.name)
         .io_memory(spec.io_memory_bytes)
         .blocking_thread_pool_placement(PoolPlacement::Custom(vec![helper_cpu]))

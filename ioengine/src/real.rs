@@ -85,6 +85,10 @@ impl Disk for DmaDisk {
         sync_dir("fsync directory", dir).await
     }
 
+    async fn space(&self, dir: &Path) -> Result<(u64, u64), DiskError> {
+        statvfs_space(dir)
+    }
+
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
         list_dir(dir)
     }
@@ -92,6 +96,24 @@ impl Disk for DmaDisk {
     fn lock_dir(&self, dir: &Path) -> Result<DirLock, DiskError> {
         lock_dir(dir)
     }
+}
+
+/// Free (for unprivileged writers) and total bytes of the filesystem holding `dir`.
+fn statvfs_space(dir: &Path) -> Result<(u64, u64), DiskError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let err = |e| DiskError::new("statvfs", dir, None, e);
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")))?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value for it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a valid out-pointer, both live for
+    // the call.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &raw mut stat) };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    let block = stat.f_frsize;
+    Ok((stat.f_bavail.saturating_mul(block), stat.f_blocks.saturating_mul(block)))
 }
 
 thread_local! {

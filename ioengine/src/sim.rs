@@ -114,6 +114,7 @@ struct State {
     dirs: BTreeMap<PathBuf, Dir>,
     locks: HashSet<PathBuf>,
     generation: u64,
+    capacity_bytes: u64,
 }
 
 /// The simulated disk. Clones share one state.
@@ -172,8 +173,21 @@ impl SimDisk {
             dirs: BTreeMap::new(),
             locks: HashSet::new(),
             generation: 0,
+            capacity_bytes: u64::MAX / 2,
         };
         Self { state: Rc::new(RefCell::new(state)) }
+    }
+
+    /// Makes the disk this many bytes large: writes that would grow its files past it fail
+    /// with ENOSPC.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.state.borrow_mut().capacity_bytes = bytes;
+    }
+
+    /// Bytes held by files still reachable from a directory.
+    fn used_bytes(state: &State) -> u64 {
+        let live: HashSet<u64> = state.dirs.values().flat_map(|d| d.current.values().copied()).collect();
+        live.iter().filter_map(|i| state.inodes.get(i)).map(|i| i.current.len() as u64).sum()
     }
 
     #[must_use]
@@ -358,6 +372,12 @@ impl Disk for SimDisk {
         SimDisk::sync_dir(self, "fsync directory", dir, dir).await
     }
 
+    async fn space(&self, _dir: &Path) -> Result<(u64, u64), DiskError> {
+        let state = self.state.borrow();
+        let used = Self::used_bytes(&state);
+        Ok((state.capacity_bytes.saturating_sub(used), state.capacity_bytes))
+    }
+
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
         self.pause().await;
         let state = self.state.borrow();
@@ -404,6 +424,13 @@ impl DiskFile for SimFile {
         let state = &mut *guard;
         state.stats.writes += 1;
         let fail = state.rng.chance(state.faults.write_fail);
+        let grows_by = {
+            let len = state.inodes.get(&self.inode).map_or(0, |i| i.current.len() as u64);
+            (offset + data.len() as u64).saturating_sub(len)
+        };
+        if grows_by > 0 && SimDisk::used_bytes(state) + grows_by > state.capacity_bytes {
+            return Err(DiskError::new("write", &self.path, Some(offset), errno(libc::ENOSPC)));
+        }
         let inode = state.inodes.get_mut(&self.inode).expect("a live handle's inode exists");
         if fail {
             state.stats.writes_failed += 1;

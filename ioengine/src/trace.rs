@@ -221,6 +221,9 @@ impl<D: Disk> Disk for Traced<D> {
     async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
         self.inner.sync_dir(dir).await
     }
+    async fn space(&self, dir: &Path) -> Result<(u64, u64), DiskError> {
+        self.inner.space(dir).await
+    }
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
         self.inner.list(dir).await
     }

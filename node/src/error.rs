@@ -16,6 +16,9 @@ pub enum WriteError {
     ReadOnly { reason: Rc<str> },
     /// Refused before it was accepted: the memtable is at its memory budget.
     MemoryBudget { bytes: usize, max: usize },
+    /// Refused before it was accepted: the SSD is nearly full; the rest is reserved so flushes
+    /// and compactions can always finish.
+    DiskFull { free_bytes: u64, reserve_bytes: u64 },
     /// Refused before it was accepted: the timestamp lies too far in the future.
     FutureTimestamp { ts: u64, limit: u64 },
     /// Accepted, but the write or fsync covering it failed: it may or may not be durable, and
@@ -37,6 +40,11 @@ impl std::fmt::Display for WriteError {
             Self::UnknownOutcome { reason } => {
                 write!(f, "outcome unknown (the write may or may not be durable): {reason}")
             }
+            Self::DiskFull { free_bytes, reserve_bytes } => write!(
+                f,
+                "SSD nearly full: {free_bytes} bytes free, {reserve_bytes} reserved for flushes and compaction; \
+                 writes resume when space is freed"
+            ),
             Self::FutureTimestamp { ts, limit } => {
                 write!(f, "timestamp {ts} is beyond the allowed future skew (limit {limit})")
             }

@@ -105,7 +105,8 @@ fn serve(data_dir: PathBuf, shards: Option<usize>, io_memory: usize) -> i32 {
     let mut handles = Vec::new();
     for index in 0..shard_count {
         let cpu = cpus[index % cpus.len()];
-        let spec = ExecutorSpec { name: format!("shard-{index}"), cpu, io_memory_bytes: io_memory };
+        let spec =
+            ExecutorSpec { name: format!("shard-{index}"), cpu, io_memory_bytes: io_memory, spin_before_park: None };
         let dir = data_dir.join(format!("shard-{index}"));
         let shard_stop = stop.clone();
         match spawn_pinned(&spec, move || run_shard(index, dir, shard_stop)) {

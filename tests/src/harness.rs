@@ -15,6 +15,8 @@ pub fn small_options(segment_bytes: u64) -> ShardOptions {
     options.batch_bytes_max = 16 * 1024;
     options.value_bytes_max = 2048;
     options.nonce_seed = 1;
+    options.ssd_reserve_bytes = 0;
+    options.ssd_throttle_bytes = 0;
     options
 }
 

@@ -12,6 +12,9 @@ fn options(dir: std::path::PathBuf) -> ShardOptions {
     let mut options = ShardOptions::new(dir);
     options.segment_bytes = 4 << 20;
     options.batch_bytes_max = 2 << 20;
+    // The machine's disk may be nearly full; these tests need little room.
+    options.ssd_reserve_bytes = 16 << 20;
+    options.ssd_throttle_bytes = 16 << 20;
     options.flush_bytes = 256 * 1024;
     options
 }
@@ -26,7 +29,12 @@ fn value(i: u64) -> Vec<u8> {
 fn flushed_tables_read_back_on_a_real_disk() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = dir.path().join("shard-0");
-    let spec = ExecutorSpec { name: "lsm-real".into(), cpu: online_cpus()[0], io_memory_bytes: 1 << 20 };
+    let spec = ExecutorSpec {
+        name: "lsm-real".into(),
+        cpu: online_cpus()[0],
+        io_memory_bytes: 1 << 20,
+        spin_before_park: None,
+    };
     let shard_dir = data.clone();
     let flushes = run_pinned(&spec, move || async move {
         let (shard, _) = Shard::open(DmaDisk, SystemClock, options(shard_dir)).await.expect("shard opens");

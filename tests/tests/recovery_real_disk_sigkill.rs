@@ -15,13 +15,21 @@ const CHILD_ENV: &str = "STRATA_TEST_CHILD_DIR";
 
 fn spec(name: &str, cpu_index: usize) -> ExecutorSpec {
     let cpus = online_cpus();
-    ExecutorSpec { name: name.into(), cpu: cpus[cpu_index % cpus.len()], io_memory_bytes: 1 << 20 }
+    ExecutorSpec {
+        name: name.into(),
+        cpu: cpus[cpu_index % cpus.len()],
+        io_memory_bytes: 1 << 20,
+        spin_before_park: None,
+    }
 }
 
 fn options(dir: PathBuf) -> ShardOptions {
     let mut options = ShardOptions::new(dir);
     options.segment_bytes = 4 << 20;
     options.batch_bytes_max = 2 << 20;
+    // The machine's disk may be nearly full; these tests need little room.
+    options.ssd_reserve_bytes = 16 << 20;
+    options.ssd_throttle_bytes = 16 << 20;
     options
 }
 

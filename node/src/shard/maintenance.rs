@@ -60,6 +60,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                     return;
                 }
             }
+            self.refresh_space().await;
             let outcome = match self.next_job() {
                 Some(Job::Flush) => self.flush().await,
                 Some(Job::Compact(plan)) => self.compact(plan).await,
@@ -100,7 +101,44 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         self.window_expired(window)
     }
 
+    pub(super) fn next_job_is_none(&self) -> bool {
+        self.next_job().is_none()
+    }
+
+    /// Flushes the memtable soon (if it holds anything), as if it had reached its flush size.
+    /// The freeze happens at a batch boundary: now if no batch is in flight, else when the
+    /// batch in flight completes.
+    pub fn flush_now(&self) {
+        let mut state = self.inner.state.borrow_mut();
+        if state.committing || !state.pending.is_empty() {
+            state.flush_requested = true;
+        } else if state.frozen.is_none() && !state.memtable.is_empty() {
+            state.freeze();
+        }
+        drop(state);
+        self.inner.maintenance_wake.notify();
+    }
+
     fn next_job(&self) -> Option<Job<D::File>> {
+        let job = self.pick_job()?;
+        // A compaction writes its outputs before it frees its inputs: it runs only if they fit.
+        if let Job::Compact(plan) = &job {
+            let needed: u64 = plan.inputs.iter().map(|t| t.file_bytes()).sum();
+            let free = self.inner.state.borrow().ssd_free_bytes;
+            if needed > free {
+                tracing::warn!(
+                    window = plan.window,
+                    needed,
+                    free,
+                    "compaction skipped: its output would not fit on the SSD"
+                );
+                return None;
+            }
+        }
+        Some(job)
+    }
+
+    fn pick_job(&self) -> Option<Job<D::File>> {
         let state = self.inner.state.borrow();
         if state.frozen.is_some() {
             return Some(Job::Flush);

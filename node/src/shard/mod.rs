@@ -93,6 +93,11 @@ pub struct ShardOptions {
     pub cold_format: BlockFormat,
     /// Output tables of a compaction are cut at about this many bytes.
     pub table_bytes_target: u64,
+    /// SSD bytes kept free for flushes, compactions and WAL segments: below it writes are
+    /// refused with `DiskFull`.
+    pub ssd_reserve_bytes: u64,
+    /// Below this many free bytes, writes are slowed, more the closer the reserve is.
+    pub ssd_throttle_bytes: u64,
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
 }
@@ -126,6 +131,8 @@ impl ShardOptions {
                 bloom_bits_per_key: 10,
             },
             table_bytes_target: 64 << 20,
+            ssd_reserve_bytes: 1 << 30,
+            ssd_throttle_bytes: 2 << 30,
             #[cfg(feature = "mutations")]
             mutation: None,
         }
@@ -205,14 +212,32 @@ struct Frozen {
     wal_seq_through: u64,
 }
 
+impl<F> State<F> {
+    /// Freezes the memtable at a batch boundary: every write in WAL segments up to the active
+    /// one is in the frozen memtable, and the next batch starts a new segment.
+    fn freeze(&mut self) {
+        assert!(!self.committing && self.frozen.is_none());
+        let memtable = std::mem::take(&mut self.memtable);
+        self.frozen = Some(Frozen { memtable: Rc::new(memtable), wal_seq_through: self.active.info.segment_seq });
+        self.roll_requested = true;
+        self.flush_requested = false;
+    }
+}
+
 struct State<F> {
     memtable: Memtable,
     frozen: Option<Frozen>,
     /// The next batch must start a new WAL segment (a memtable was just frozen).
     roll_requested: bool,
+    /// A batch is between its write and its completion.
+    committing: bool,
+    /// Freeze the memtable at the next batch boundary, whatever its size.
+    flush_requested: bool,
     levels: Levels<F>,
     manifest: ManifestState,
     maintenance_done: bool,
+    /// Free SSD bytes, as last measured.
+    ssd_free_bytes: u64,
     /// Next table id and order to hand out (at least the manifest's).
     table_id_next: u64,
     order_next: u64,
@@ -350,7 +375,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             memtable,
             frozen: None,
             roll_requested: false,
+            committing: false,
+            flush_requested: false,
             levels,
+            ssd_free_bytes: u64::MAX,
             table_id_next: manifest.table_id_next,
             order_next: manifest.order_next,
             manifest,
@@ -386,7 +414,9 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             closed: Notify::default(),
             _lock: lock,
         };
-        Ok((Self { inner: Rc::new(inner) }, recovered.report))
+        let shard = Self { inner: Rc::new(inner) };
+        shard.refresh_space().await;
+        Ok((shard, recovered.report))
     }
 
     /// The shard's background work: the group-commit flusher and the segment preparer. Runs
@@ -401,12 +431,35 @@ impl<D: Disk, C: Clock> Shard<D, C> {
 
     /// Writes `value` at `(pkey, ts)`; returns its version once durable.
     pub async fn put(&self, pkey: &[u8], ts: Timestamp, value: &[u8]) -> WriteResult {
+        self.throttle().await;
         self.accept(RecordKind::Put, pkey, ts, value)?.await
     }
 
     /// Deletes `(pkey, ts)` (writes a tombstone); returns its version once durable.
     pub async fn delete(&self, pkey: &[u8], ts: Timestamp) -> WriteResult {
+        self.throttle().await;
         self.accept(RecordKind::Delete, pkey, ts, &[])?.await
+    }
+
+    /// Slows a write while free SSD space is between the throttle mark and the reserve: up to
+    /// 10 ms, in proportion to how far into that band the disk has filled.
+    async fn throttle(&self) {
+        let options = &self.inner.options;
+        let free = self.inner.state.borrow().ssd_free_bytes;
+        if free >= options.ssd_throttle_bytes || free < options.ssd_reserve_bytes {
+            return;
+        }
+        let band = options.ssd_throttle_bytes.saturating_sub(options.ssd_reserve_bytes).max(1);
+        let depth = options.ssd_throttle_bytes - free;
+        self.inner.clock.sleep_us(10_000 * depth / band).await;
+    }
+
+    /// Measures free SSD space (after work that changes it).
+    pub(crate) async fn refresh_space(&self) {
+        match self.inner.disk.space(&self.inner.options.dir).await {
+            Ok((free, _)) => self.inner.state.borrow_mut().ssd_free_bytes = free,
+            Err(e) => tracing::warn!(dir = %self.inner.options.dir.display(), "cannot measure free space: {e}"),
+        }
     }
 
     /// Why the shard stopped acknowledging writes, if it did.
@@ -418,6 +471,32 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     #[must_use]
     pub fn stats(&self) -> ShardStats {
         self.inner.state.borrow().stats
+    }
+
+    /// Block cache hits, misses and bytes held.
+    #[must_use]
+    pub fn cache_stats(&self) -> (u64, u64, usize) {
+        let cache = self.inner.cache.borrow();
+        (cache.hits, cache.misses, cache.bytes())
+    }
+
+    /// Memory pinned by the indexes and filters of every live table.
+    #[must_use]
+    pub fn pinned_bytes(&self) -> usize {
+        self.inner.state.borrow().levels.all().map(|t| t.pinned_bytes()).sum()
+    }
+
+    /// Live tables and their bytes on disk.
+    #[must_use]
+    pub fn table_stats(&self) -> (usize, u64) {
+        let state = self.inner.state.borrow();
+        (state.levels.all().count(), state.levels.all().map(|t| t.file_bytes()).sum())
+    }
+
+    /// True when no memtable waits for a flush and no compaction is due.
+    #[must_use]
+    pub fn maintenance_idle(&self) -> bool {
+        self.inner.state.borrow().frozen.is_none() && self.next_job_is_none()
     }
 
     /// Bytes the memtable holds, as charged against its budget.
@@ -493,6 +572,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         }
         if state.closing {
             return Err(WriteError::ReadOnly { reason: "the shard is closing".into() });
+        }
+        if state.ssd_free_bytes < options.ssd_reserve_bytes {
+            return Err(WriteError::DiskFull {
+                free_bytes: state.ssd_free_bytes,
+                reserve_bytes: options.ssd_reserve_bytes,
+            });
         }
         if ts != TS_TIMELESS {
             let limit = self.inner.clock.now_us().saturating_add(options.future_skew_us);
@@ -584,6 +669,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let mut state = self.inner.state.borrow_mut();
             state.pending_bytes -= batch.record_bytes;
             state.inflight_bytes = batch.record_bytes;
+            state.committing = true;
         }
         let roll = {
             let state = self.inner.state.borrow();
@@ -677,12 +763,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         for (slot, version) in waiters.drain(..) {
             slot.fill(Ok(version));
         }
-        if state.memtable.bytes() >= self.inner.options.flush_bytes && state.frozen.is_none() {
-            // Freeze at this batch boundary: every write in WAL segments up to the active one is
-            // in the frozen memtable, and the next batch starts a new segment.
-            let memtable = std::mem::take(&mut state.memtable);
-            state.frozen = Some(Frozen { memtable: Rc::new(memtable), wal_seq_through: state.active.info.segment_seq });
-            state.roll_requested = true;
+        state.committing = false;
+        let full = state.memtable.bytes() >= self.inner.options.flush_bytes || state.flush_requested;
+        if full && state.frozen.is_none() && !state.memtable.is_empty() {
+            state.freeze();
             self.inner.maintenance_wake.notify();
         }
     }
@@ -718,14 +802,16 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
         };
         let active = activate_segment(spare, info).await?;
-        let mut state = self.inner.state.borrow_mut();
-        state.roll_requested = false;
-        state.clock.lease_made_durable(info.version_lease);
-        let old = std::mem::replace(&mut state.active, active);
-        state.sealed.push_back((old.file_no, old.info.segment_seq, old.file));
-        state.stats.segments_started += 1;
-        drop(state);
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.roll_requested = false;
+            state.clock.lease_made_durable(info.version_lease);
+            let old = std::mem::replace(&mut state.active, active);
+            state.sealed.push_back((old.file_no, old.info.segment_seq, old.file));
+            state.stats.segments_started += 1;
+        }
         self.inner.preparer_wake.notify();
+        self.refresh_space().await;
         Ok(())
     }
 
