@@ -59,6 +59,24 @@ pub struct TableMeta {
     pub key_max: Vec<u8>,
 }
 
+/// A range delete: every entry of `pkey` with `ts_from <= ts <= ts_to` and a lower version
+/// is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeTombstone {
+    pub pkey: Vec<u8>,
+    pub ts_from: u64,
+    pub ts_to: u64,
+    pub version: Version,
+}
+
+impl RangeTombstone {
+    /// True when this range deletes the entry `(pkey, ts)` at `version`.
+    #[must_use]
+    pub fn hides(&self, pkey: &[u8], ts: u64, version: Version) -> bool {
+        self.version > version && self.ts_from <= ts && ts <= self.ts_to && self.pkey == pkey
+    }
+}
+
 /// One edit: tables added and removed, and the shard-wide counters that move with them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ManifestEdit {
@@ -74,6 +92,8 @@ pub struct ManifestEdit {
     pub windows_settled: Vec<u64>,
     pub added: Vec<TableMeta>,
     pub removed: Vec<u64>,
+    /// Range deletes made durable by this edit (they stay in force).
+    pub range_tombstones: Vec<RangeTombstone>,
 }
 
 /// Why manifest bytes do not decode.
@@ -179,6 +199,13 @@ impl ManifestEdit {
         for id in &self.removed {
             out.extend_from_slice(&id.to_le_bytes());
         }
+        out.extend_from_slice(&(self.range_tombstones.len() as u32).to_le_bytes());
+        for rt in &self.range_tombstones {
+            put_bytes(&mut out, &rt.pkey);
+            for v in [rt.ts_from, rt.ts_to, rt.version] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         out
     }
 
@@ -222,6 +249,14 @@ impl ManifestEdit {
         }
         for _ in 0..c.count(8)? {
             edit.removed.push(c.u64()?);
+        }
+        for _ in 0..c.count(27)? {
+            let pkey = c.bytes()?;
+            let (ts_from, ts_to, version) = (c.u64()?, c.u64()?, c.u64()?);
+            if pkey.is_empty() || pkey.len() > crate::key::PKEY_LEN_MAX || ts_from > ts_to {
+                return Err(ManifestFormatError::BadEdit { reason: "bad range tombstone" });
+            }
+            edit.range_tombstones.push(RangeTombstone { pkey, ts_from, ts_to, version });
         }
         if !c.rest.is_empty() {
             return Err(ManifestFormatError::BadEdit { reason: "bytes after the edit" });
@@ -305,6 +340,7 @@ mod tests {
                 key_max: b"zzz".to_vec(),
             }],
             removed: vec![3, 4, 5],
+            range_tombstones: vec![RangeTombstone { pkey: b"u".to_vec(), ts_from: 5, ts_to: 9, version: 77 }],
         }
     }
 

@@ -105,7 +105,7 @@ pub const BATCH_HEADER_SIZE: usize = size_of::<BatchHeader>();
 /// 0      8    version    assigned when the write was accepted
 /// 8      8    ts         the key's timestamp
 /// 16     4    value_len  bytes of value (0 for a delete)
-/// 20     1    kind       1 put, 2 delete
+/// 20     1    kind       1 put, 2 delete, 3 delete range (value: end ts, u64 LE; ts: start)
 /// 21     1    pkey_len   1..=255
 /// 22     2    reserved   0
 /// ```
@@ -128,6 +128,8 @@ pub const RECORD_HEADER_SIZE: usize = size_of::<RecordHeader>();
 pub enum RecordKind {
     Put = 1,
     Delete = 2,
+    /// Deletes every entry of the pkey with `ts <= t <= end`; the value holds `end` (u64 LE).
+    DeleteRange = 3,
 }
 
 impl RecordKind {
@@ -135,6 +137,7 @@ impl RecordKind {
         match byte {
             1 => Some(Self::Put),
             2 => Some(Self::Delete),
+            3 => Some(Self::DeleteRange),
             _ => None,
         }
     }
@@ -352,7 +355,11 @@ impl BatchEncoder {
     /// Appends one record. The caller has validated the pkey.
     pub fn push(&mut self, kind: RecordKind, version: Version, pkey: &[u8], ts: Timestamp, value: &[u8]) {
         assert!(!pkey.is_empty() && pkey.len() <= PKEY_LEN_MAX);
-        assert!(kind == RecordKind::Put || value.is_empty());
+        assert!(match kind {
+            RecordKind::Put => true,
+            RecordKind::Delete => value.is_empty(),
+            RecordKind::DeleteRange => value.len() == 8,
+        });
         let header = RecordHeader {
             version: version.into(),
             ts: ts.into(),
@@ -537,7 +544,12 @@ impl<'a> Iterator for RecordIter<'a> {
         };
         let pkey_len = usize::from(header.pkey_len);
         let value_len = header.value_len.get() as usize;
-        let shape_ok = pkey_len > 0 && header.reserved.get() == 0 && (kind == RecordKind::Put || value_len == 0);
+        let value_ok = match kind {
+            RecordKind::Put => true,
+            RecordKind::Delete => value_len == 0,
+            RecordKind::DeleteRange => value_len == 8,
+        };
+        let shape_ok = pkey_len > 0 && header.reserved.get() == 0 && value_ok;
         if !shape_ok || body.len() < pkey_len + value_len {
             self.remaining = 0;
             self.rest = &[];

@@ -19,6 +19,8 @@ pub enum WriteError {
     /// Refused before it was accepted: the SSD is nearly full; the rest is reserved so flushes
     /// and compactions can always finish.
     DiskFull { free_bytes: u64, reserve_bytes: u64 },
+    /// Refused before it was accepted: a range whose start lies after its end.
+    BadRange { ts_from: u64, ts_to: u64 },
     /// Refused before it was accepted: the timestamp lies too far in the future.
     FutureTimestamp { ts: u64, limit: u64 },
     /// Accepted, but the write or fsync covering it failed: it may or may not be durable, and
@@ -45,6 +47,7 @@ impl std::fmt::Display for WriteError {
                 "SSD nearly full: {free_bytes} bytes free, {reserve_bytes} reserved for flushes and compaction; \
                  writes resume when space is freed"
             ),
+            Self::BadRange { ts_from, ts_to } => write!(f, "bad range: start {ts_from} is after end {ts_to}"),
             Self::FutureTimestamp { ts, limit } => {
                 write!(f, "timestamp {ts} is beyond the allowed future skew (limit {limit})")
             }

@@ -4,6 +4,7 @@
 //! per key, and an entry's version only ever increases. It lives on one core: no locks.
 
 use std::collections::BTreeMap;
+use strata_format::manifest::RangeTombstone;
 use strata_format::version::Version;
 
 /// Bookkeeping bytes charged per entry on top of key and value (tree node share, lengths).
@@ -19,6 +20,8 @@ pub struct MemEntry {
 #[derive(Debug, Default)]
 pub struct Memtable {
     entries: BTreeMap<Box<[u8]>, MemEntry>,
+    /// Range deletes applied since the memtable was created, in version order.
+    range_tombstones: Vec<RangeTombstone>,
     bytes: usize,
 }
 
@@ -41,7 +44,18 @@ impl Memtable {
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.range_tombstones.is_empty()
+    }
+
+    /// Records a range delete (replay may apply one twice: harmless).
+    pub fn apply_range_delete(&mut self, tombstone: RangeTombstone) {
+        self.bytes += tombstone.pkey.len() + ENTRY_OVERHEAD_BYTES;
+        self.range_tombstones.push(tombstone);
+    }
+
+    #[must_use]
+    pub fn range_tombstones(&self) -> &[RangeTombstone] {
+        &self.range_tombstones
     }
 
     fn charge(key_len: usize, value: Option<&[u8]>) -> usize {

@@ -88,7 +88,35 @@ enum Status {
 struct Attempt {
     key: Key,
     cell: Cell_,
+    /// A range delete of `key.0` over `key.1..=end` (then `cell` is `None`).
+    range_end: Option<u64>,
     status: Status,
+}
+
+impl Attempt {
+    /// True when this attempt writes or deletes `key`.
+    fn touches(&self, key: &Key) -> bool {
+        match self.range_end {
+            Some(end) => self.key.0 == key.0 && self.key.1 <= key.1 && key.1 <= end,
+            None => self.key == *key,
+        }
+    }
+
+    /// Applies this attempt to a model state.
+    fn apply(&self, state: &mut BTreeMap<Key, Cell_>) {
+        match self.range_end {
+            Some(_) => {
+                for (key, cell) in state.iter_mut() {
+                    if self.touches(key) {
+                        *cell = None;
+                    }
+                }
+            }
+            None => {
+                state.insert(self.key.clone(), self.cell.clone());
+            }
+        }
+    }
 }
 
 /// The model: everything the test knows, independent of the engine.
@@ -161,7 +189,7 @@ impl Model {
         }
         let mut state: BTreeMap<Key, Cell_> = self.base.iter().map(|(k, (_, c))| (k.clone(), c.clone())).collect();
         for attempt in &attempts[..acked] {
-            state.insert(attempt.key.clone(), attempt.cell.clone());
+            attempt.apply(&mut state);
         }
         // Compaction drops tombstones once nothing older remains: a tombstone equals absence.
         let recovered_cells: BTreeMap<Key, Cell_> =
@@ -174,7 +202,7 @@ impl Model {
         for p in acked..=prefix_max {
             if p > acked {
                 let attempt = attempts[p - 1];
-                state.insert(attempt.key.clone(), attempt.cell.clone());
+                attempt.apply(&mut state);
             }
             if state.iter().filter(|(_, c)| c.is_some()).eq(recovered_cells.iter()) {
                 matching.push(p);
@@ -198,7 +226,7 @@ impl Model {
             let mut expected: BTreeMap<Key, Cell_> =
                 self.base.iter().map(|(k, (_, c))| (k.clone(), c.clone())).collect();
             for attempt in &attempts[..acked] {
-                expected.insert(attempt.key.clone(), attempt.cell.clone());
+                attempt.apply(&mut expected);
             }
             expected.retain(|_, c| c.is_some());
             let diff = expected
@@ -268,7 +296,7 @@ impl Model {
                 .iter()
                 .rev()
                 .take_while(|a| !(a.key == *key && a.cell == *cell))
-                .any(|a| a.key == *key && a.cell.is_none());
+                .any(|a| a.touches(key) && a.cell.is_none());
             if cell.is_some() && !recovered.contains_key(key) && !deleted_after {
                 return Err(format!("{} was seen by a reader but is not recovered", show_key(key)));
             }
@@ -487,7 +515,20 @@ async fn writer(
                 Ok(Some((version, cell))) => {
                     let mut m = model.borrow_mut();
                     let high = visible_before.map_or(0, |h| h.0);
-                    if version < high {
+                    // A dropped tombstone takes its version along: an older delete may answer.
+                    let both_deleted = cell.is_none() && visible_before.is_some_and(|h| h.1);
+                    if version < high && !both_deleted {
+                        if std::env::var("SIM_DEBUG").is_ok() {
+                            for (i, a) in m.attempts.iter().enumerate().filter(|(_, a)| a.touches(&key)) {
+                                eprintln!(
+                                    "  attempt {i}: {:?} range {:?} {}",
+                                    a.status,
+                                    a.range_end.map(|e| (a.key.1, e)),
+                                    show_cell(Some(&a.cell))
+                                );
+                            }
+                            eprintln!("  base {:?}", m.base.get(&key).map(|(v, c)| (v, show_cell(Some(c)))));
+                        }
                         *failure.borrow_mut() = Some(format!(
                             "{}: read version {version}, but version {high} was already visible",
                             show_key(&key)
@@ -516,17 +557,32 @@ async fn writer(
             continue;
         }
         let cell = if op < 4 { None } else { Some(value) };
+        // Some deletes cover a range of the pkey's timeline instead of one entry.
+        let range_end = (op == 2 && rng.borrow_mut().chance(0.5)).then(|| {
+            if rng.borrow_mut().chance(0.3) { u64::MAX } else { key.1.saturating_add(rng.borrow_mut().below(6000)) }
+        });
         let index = {
             let mut m = model.borrow_mut();
-            m.attempts.push(Attempt { key: key.clone(), cell: cell.clone(), status: Status::InFlight });
+            m.attempts.push(Attempt { key: key.clone(), cell: cell.clone(), range_end, status: Status::InFlight });
             m.attempts.len() - 1
         };
-        let result = match &cell {
-            Some(value) => shard.put(&key.0, key.1, value).await,
-            None => shard.delete(&key.0, key.1).await,
+        let result = match (&cell, range_end) {
+            (_, Some(end)) => shard.delete_range(&key.0, key.1, end).await,
+            (Some(value), None) => shard.put(&key.0, key.1, value).await,
+            (None, None) => shard.delete(&key.0, key.1).await,
         };
         let mut m = model.borrow_mut();
         let status = match result {
+            Ok(version) if range_end.is_some() => {
+                // Every key the range covers now reads as deleted at this version (or newer).
+                let probe = Attempt { key: key.clone(), cell: None, range_end, status: Status::InFlight };
+                for (k, high) in m.version_high.iter_mut() {
+                    if probe.touches(k) && version >= high.0 {
+                        *high = (version, true);
+                    }
+                }
+                Status::Acked(version)
+            }
             Ok(version) => {
                 let floor = m.base.get(&key).map_or(0, |(v, _)| *v);
                 if version <= floor {
@@ -622,15 +678,20 @@ fn check_scan(
 /// A key whose last write in the prefix was acknowledged is recovered at exactly the
 /// acknowledged version (or, for a delete, absent: its tombstone may have been compacted away).
 fn check_versions(prefix: &[&Attempt], recovered: &BTreeMap<Key, (u64, Cell_)>) -> Result<(), String> {
-    let mut last: HashMap<&Key, &Attempt> = HashMap::new();
-    for attempt in prefix {
-        last.insert(&attempt.key, attempt);
-    }
-    for (key, attempt) in last {
+    let mut keys: Vec<&Key> = recovered.keys().collect();
+    keys.extend(prefix.iter().filter(|a| a.range_end.is_none()).map(|a| &a.key));
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let Some(attempt) = prefix.iter().rev().find(|a| a.touches(key)) else { continue };
         let Status::Acked(version) = attempt.status else { continue };
         match recovered.get(key) {
             None if attempt.cell.is_none() => {}
             None => return Err(format!("{}: acknowledged at version {version}, not recovered", show_key(key))),
+            Some((_, None)) if attempt.range_end.is_some() => {}
+            Some(_) if attempt.range_end.is_some() => {
+                return Err(format!("{}: deleted by an acknowledged range delete, but recovered", show_key(key)));
+            }
             Some((rv, _)) if *rv != version => {
                 return Err(format!("{} recovered at version {rv}, acknowledged at {version}", show_key(key)));
             }

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use strata_format::BLOCK_SIZE;
-use strata_format::manifest::{ManifestEdit, ManifestFormatError, TableMeta, decode_record, encode_record};
+use strata_format::manifest::{
+    ManifestEdit, ManifestFormatError, RangeTombstone, TableMeta, decode_record, encode_record,
+};
 use strata_format::version::Version;
 use strata_ioengine::{Disk, DiskError, DiskFile};
 
@@ -26,6 +28,8 @@ pub struct ManifestState {
     pub order_next: u64,
     pub wal_replay_from_seq: u64,
     pub version_floor: Version,
+    /// Durable range deletes; they stay in force (a newer write over them survives by version).
+    pub range_tombstones: Vec<RangeTombstone>,
 }
 
 impl ManifestState {
@@ -41,6 +45,7 @@ impl ManifestState {
             self.tables.insert(table.table_id, table.clone());
         }
         self.windows_settled.extend(edit.windows_settled.iter().copied());
+        self.range_tombstones.extend(edit.range_tombstones.iter().cloned());
         self.table_id_next = self.table_id_next.max(edit.table_id_next);
         self.order_next = self.order_next.max(edit.order_next);
         self.wal_replay_from_seq = self.wal_replay_from_seq.max(edit.wal_replay_from_seq);
@@ -59,6 +64,7 @@ impl ManifestState {
             windows_settled: self.windows_settled.iter().copied().collect(),
             added: self.tables.values().cloned().collect(),
             removed: Vec::new(),
+            range_tombstones: self.range_tombstones.clone(),
         }
     }
 }

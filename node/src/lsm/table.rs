@@ -301,16 +301,12 @@ impl<F: DiskFile> Table<F> {
         if let Some(block) = cache.borrow_mut().get(self.meta.table_id, entry.offset) {
             return Ok(block);
         }
-        let bytes = self.file.read_at(entry.offset, entry.len as usize).await?;
-        let decoded = match decode_block(bytes.as_ref(), self.meta.table_id, entry.offset, BlockKind::Data) {
-            Ok(block) => block,
-            // One re-read before judging: the first read may have been damaged in flight.
-            Err(_) => {
-                let again = self.file.read_at(entry.offset, entry.len as usize).await?;
-                decode_block(again.as_ref(), self.meta.table_id, entry.offset, BlockKind::Data)
-                    .map_err(|e: TableFormatError| self.corrupted(entry.offset, e.to_string()))?
-            }
-        };
+        let table_id = self.meta.table_id;
+        let decoded = read_checked(&self.file, entry.offset, entry.len as usize, |bytes| {
+            decode_block(bytes, table_id, entry.offset, BlockKind::Data)
+        })
+        .await?
+        .map_err(|e| self.corrupted(entry.offset, e.to_string()))?;
         let block = Rc::new(decoded);
         cache.borrow_mut().insert(self.meta.table_id, entry.offset, block.clone());
         Ok(block)
@@ -319,15 +315,12 @@ impl<F: DiskFile> Table<F> {
     /// Reads data block `i` without the cache (background work must not evict hot blocks).
     async fn block_uncached(&self, i: usize) -> Result<DecodedBlock, TableError> {
         let entry = &self.index[i];
-        let bytes = self.file.read_at(entry.offset, entry.len as usize).await?;
-        match decode_block(bytes.as_ref(), self.meta.table_id, entry.offset, BlockKind::Data) {
-            Ok(block) => Ok(block),
-            Err(_) => {
-                let again = self.file.read_at(entry.offset, entry.len as usize).await?;
-                decode_block(again.as_ref(), self.meta.table_id, entry.offset, BlockKind::Data)
-                    .map_err(|e| self.corrupted(entry.offset, e.to_string()))
-            }
-        }
+        let table_id = self.meta.table_id;
+        read_checked(&self.file, entry.offset, entry.len as usize, |bytes| {
+            decode_block(bytes, table_id, entry.offset, BlockKind::Data)
+        })
+        .await?
+        .map_err(|e| self.corrupted(entry.offset, e.to_string()))
     }
 
     fn corrupted(&self, offset: u64, reason: String) -> TableError {

@@ -257,7 +257,9 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             added.push(meta);
             opened.push(Rc::new(table));
         }
-        let edit = self.edit(added, Vec::new(), Vec::new(), Some(wal_seq_through + 1));
+        let mut edit = self.edit(added, Vec::new(), Vec::new(), Some(wal_seq_through + 1));
+        // Range deletes leave the WAL with the writes they cover: into the manifest.
+        edit.range_tombstones = memtable.range_tombstones().to_vec();
         tracing::debug!(wal_seq_through, tables = ?edit.added.iter().map(|t| (t.table_id, t.window, t.order, t.entry_count)).collect::<Vec<_>>(), "flush");
         self.commit_edit(edit).await?;
         {
@@ -296,6 +298,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             windows_settled: settled,
             added,
             removed,
+            range_tombstones: Vec::new(),
         }
     }
 
@@ -330,6 +333,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
             let (version, value) = winner.expect("the smallest key came from a cursor");
             if plan.drop_tombstones && value.is_none() {
+                continue;
+            }
+            // An entry a durable range delete hides is dropped (the range stays in force).
+            if self.hidden_by_range(&key, version) {
                 continue;
             }
             if writer.is_none() {
@@ -385,6 +392,16 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             state.stats.compaction_bytes_written += bytes_written;
         }
         self.remove_tables(&removed).await
+    }
+
+    /// True when a durable range delete hides the entry at encoded `key` and `version`.
+    fn hidden_by_range(&self, key: &[u8], version: Version) -> bool {
+        let state = self.inner.state.borrow();
+        if state.manifest.range_tombstones.is_empty() {
+            return false;
+        }
+        let k = strata_format::key::decode_key(key).expect("stored keys are encoded by the shard");
+        state.manifest.range_tombstones.iter().any(|rt| rt.hides(k.pkey, k.ts, version))
     }
 
     /// Sleeps while compaction is ahead of its byte budget.

@@ -320,13 +320,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let mut key = Vec::new();
         let replay_from = options.replay_from_seq.max(manifest.wal_replay_from_seq);
         let recovered = recover(&disk, &wal_dir, replay_from, &mut |record| {
-            key.clear();
-            match encode_key_into(record.pkey, record.ts, &mut key) {
-                Ok(()) => {
-                    memtable.apply(&key, record.version, (record.kind == RecordKind::Put).then_some(record.value))
-                }
-                Err(e) => unreachable!("records decode with 1..=255-byte pkeys: {e}"),
-            }
+            apply_record(&mut memtable, &mut key, record);
         })
         .await?;
         tracing::debug!(
@@ -439,6 +433,16 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     pub async fn delete(&self, pkey: &[u8], ts: Timestamp) -> WriteResult {
         self.throttle().await;
         self.accept(RecordKind::Delete, pkey, ts, &[])?.await
+    }
+
+    /// Deletes every entry of `pkey` with `ts_from <= ts <= ts_to`; returns the version of the
+    /// range delete once durable. Writes after it (higher versions) are not affected.
+    pub async fn delete_range(&self, pkey: &[u8], ts_from: Timestamp, ts_to: Timestamp) -> WriteResult {
+        if ts_from > ts_to {
+            return Err(WriteError::BadRange { ts_from, ts_to });
+        }
+        self.throttle().await;
+        self.accept(RecordKind::DeleteRange, pkey, ts_from, &ts_to.to_le_bytes())?.await
     }
 
     /// Slows a write while free SSD space is between the throttle mark and the reserve: up to
@@ -744,9 +748,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let mut key = Vec::with_capacity(64);
         for record in batch.records() {
             let record = record.expect("records decode right after they were encoded");
-            key.clear();
-            encode_key_into(record.pkey, record.ts, &mut key).expect("pkeys were validated on accept");
-            state.memtable.apply(&key, record.version, (record.kind == RecordKind::Put).then_some(record.value));
+            apply_record(&mut state.memtable, &mut key, &record);
         }
         state.stats.batches += 1;
         state.stats.fsyncs += 1;
@@ -873,4 +875,25 @@ async fn open_tables<D: Disk>(disk: &D, dir: &Path, manifest: &ManifestState) ->
         }
     }
     Ok(levels)
+}
+
+/// Applies one WAL record to a memtable (`key` is a scratch buffer).
+fn apply_record(memtable: &mut Memtable, key: &mut Vec<u8>, record: &strata_format::wal::RecordRef<'_>) {
+    match record.kind {
+        RecordKind::DeleteRange => {
+            let mut end = [0u8; 8];
+            end.copy_from_slice(record.value);
+            memtable.apply_range_delete(strata_format::manifest::RangeTombstone {
+                pkey: record.pkey.to_vec(),
+                ts_from: record.ts,
+                ts_to: u64::from_le_bytes(end),
+                version: record.version,
+            });
+        }
+        kind => {
+            key.clear();
+            encode_key_into(record.pkey, record.ts, key).expect("records hold 1..=255-byte pkeys");
+            memtable.apply(key, record.version, (kind == RecordKind::Put).then_some(record.value));
+        }
+    }
 }

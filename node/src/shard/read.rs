@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
 use strata_format::key::{KeyError, Timestamp, decode_key, encode_key};
+use strata_format::manifest::RangeTombstone;
 use strata_format::version::Version;
 use strata_ioengine::{Clock, Disk};
 
@@ -73,22 +74,30 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         if self.is_expired(window) {
             return Ok(None);
         }
-        let tables = {
+        let (found, tables, ranges) = {
             let state = self.inner.state.borrow();
-            if let Some(entry) = state.memtable.get(&key) {
-                return Ok(Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))));
+            let ranges = ranges_of(&state, pkey);
+            let in_memory =
+                state.memtable.get(&key).or_else(|| state.frozen.as_ref().and_then(|f| f.memtable.get(&key)));
+            match in_memory {
+                Some(entry) => (Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))), Vec::new(), ranges),
+                None => (None, state.levels.probe_order(window, &key), ranges),
             }
-            if let Some(entry) = state.frozen.as_ref().and_then(|f| f.memtable.get(&key)) {
-                return Ok(Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))));
-            }
-            state.levels.probe_order(window, &key)
         };
+        let mut found = found;
         for table in tables {
-            if let Some(found) = table.get(&key, &self.inner.cache).await? {
-                return Ok(Some(found));
+            if let Some(entry) = table.get(&key, &self.inner.cache).await? {
+                found = Some(entry);
+                break;
             }
         }
-        Ok(None)
+        // A newer range delete covering the key reads as a tombstone at its version.
+        let range_version = ranges.iter().filter(|rt| rt.ts_from <= ts && ts <= rt.ts_to).map(|rt| rt.version).max();
+        Ok(match (found, range_version) {
+            (Some((v, _)), Some(rv)) if rv > v => Some((rv, None)),
+            (None, Some(rv)) => Some((rv, None)),
+            (found, _) => found,
+        })
     }
 
     /// Up to `limit` live entries of `pkey` with `ts_from <= ts <= ts_to`, newest first or
@@ -106,8 +115,9 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let window_us = self.inner.options.window_us;
         let (w_from, w_to) = (window_of(ts_from, window_us), window_of(ts_to, window_us));
         // Memory first, all windows at once; then tables, one window at a time.
-        let (mut by_window, windows, tables_of) = {
+        let (mut by_window, windows, tables_of, ranges) = {
             let state = self.inner.state.borrow();
+            let ranges = ranges_of(&state, pkey);
             let mut by_window: BTreeMap<u64, Merged> = BTreeMap::new();
             let range = (Bound::Included(from.as_slice()), Bound::Included(to.as_slice()));
             let frozen = state.frozen.as_ref().map(|f| f.memtable.clone());
@@ -128,7 +138,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
             let tables_of: BTreeMap<u64, Vec<_>> =
                 windows.iter().map(|w| (*w, state.levels.window(*w).to_vec())).collect();
-            (by_window, windows, tables_of)
+            (by_window, windows, tables_of, ranges)
         };
         let mut out = Vec::new();
         for window in windows {
@@ -140,6 +150,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
             let live =
                 merged.into_iter().filter_map(|(key, (version, value))| value.map(|v| (ts_of_key(&key), version, v)));
+            let live = live.filter(|(ts, version, _)| !ranges.iter().any(|rt| rt.hides(pkey, *ts, *version)));
             let mut entries: Vec<ScanEntry> =
                 live.map(|(ts, version, value)| ScanEntry { ts, version, value }).collect();
             if newest_first {
@@ -158,7 +169,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     /// Every stored entry in key order, tombstones included, merged across memory and tables
     /// (for checks and tools; it reads every table).
     pub async fn dump(&self) -> Result<Vec<StoredEntry>, ReadError> {
-        let (mut merged, tables) = {
+        let (mut merged, tables, ranges) = {
             let state = self.inner.state.borrow();
             let mut merged = Merged::new();
             let frozen = state.frozen.as_ref().map(|f| f.memtable.clone());
@@ -167,7 +178,17 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                     merge_in(&mut merged, key.to_vec(), entry.version, entry.value.as_ref().map(|v| v.to_vec()));
                 }
             }
-            (merged, state.levels.all().cloned().collect::<Vec<_>>())
+            let frozen_ranges =
+                state.frozen.as_ref().map(|f| f.memtable.range_tombstones().to_vec()).unwrap_or_default();
+            let ranges: Vec<RangeTombstone> = state
+                .manifest
+                .range_tombstones
+                .iter()
+                .chain(frozen_ranges.iter())
+                .chain(state.memtable.range_tombstones())
+                .cloned()
+                .collect();
+            (merged, state.levels.all().cloned().collect::<Vec<_>>(), ranges)
         };
         for table in tables {
             for (key, version, value) in table.all(&self.inner.cache).await? {
@@ -182,6 +203,21 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 let k = decode_key(&key).expect("stored keys are encoded by the shard");
                 StoredEntry { pkey: k.pkey.to_vec(), ts: k.ts, version, value }
             })
+            .filter(|e| !ranges.iter().any(|rt| rt.hides(&e.pkey, e.ts, e.version)))
             .collect())
     }
+}
+
+/// Range deletes of `pkey` from every source: durable ones, the frozen and the active memtable.
+fn ranges_of<F>(state: &super::State<F>, pkey: &[u8]) -> Vec<RangeTombstone> {
+    let frozen = state.frozen.as_ref().map(|f| f.memtable.range_tombstones()).unwrap_or_default();
+    state
+        .manifest
+        .range_tombstones
+        .iter()
+        .chain(frozen.iter())
+        .chain(state.memtable.range_tombstones())
+        .filter(|rt| rt.pkey == pkey)
+        .cloned()
+        .collect()
 }
