@@ -61,6 +61,19 @@ pub struct Report {
     pub memtable_bytes: usize,
     pub pinned_index_filter_bytes: usize,
     pub block_cache_bytes: usize,
+    pub scan_pages_per_s: f64,
+    pub scan_page_p50_us: u64,
+    pub scan_page_p99_us: u64,
+    /// Bytes written per byte of user data (key + value) during the load, by stage.
+    pub write_amp_wal: f64,
+    pub write_amp_flush: f64,
+    pub write_amp_compaction: f64,
+    pub write_amp_engine_total: f64,
+    /// Device bytes written during the load per byte of user data (includes the zero-fill of
+    /// new WAL segments and filesystem metadata).
+    pub write_amp_device: Option<f64>,
+    /// Table bytes on disk per byte of user data, after compaction.
+    pub space_amp: f64,
     pub fio: fio::FioResult,
     pub ratio_to_fio: f64,
     pub db_bench: Option<DbBenchResult>,
@@ -87,6 +100,11 @@ fn options(dir: &Path, budget: usize) -> ShardOptions {
 
 struct Measured {
     load_puts_per_s: f64,
+    load_stats: strata_node::ShardStats,
+    load_device_bytes_written: Option<u64>,
+    scan_pages: u64,
+    scan_elapsed: Duration,
+    scan_latency_us: Histogram<u64>,
     gets: u64,
     elapsed: Duration,
     latency_us: Histogram<u64>,
@@ -139,7 +157,21 @@ pub fn run(args: &Args) -> Result<Report, String> {
     let lookups = (m.cache_hits + m.cache_misses).max(1);
     let hit_ratio = m.cache_hits as f64 / lookups as f64;
     let gets = m.gets.max(1) as f64;
+    let key_bytes = 14 + 11; // "user" + 10 digits, plus bucket, length byte and ts
+    let user_bytes = (args.entries * (key_bytes + args.value_bytes as u64)).max(1) as f64;
+    let wal = m.load_stats.wal_bytes_written as f64 / user_bytes;
+    let flush = m.load_stats.flush_bytes_written as f64 / user_bytes;
+    let compaction = m.load_stats.compaction_bytes_written as f64 / user_bytes;
     Ok(Report {
+        scan_pages_per_s: m.scan_pages as f64 / m.scan_elapsed.as_secs_f64(),
+        scan_page_p50_us: m.scan_latency_us.value_at_quantile(0.5),
+        scan_page_p99_us: m.scan_latency_us.value_at_quantile(0.99),
+        write_amp_wal: wal,
+        write_amp_flush: flush,
+        write_amp_compaction: compaction,
+        write_amp_engine_total: wal + flush + compaction,
+        write_amp_device: m.load_device_bytes_written.map(|b| b as f64 / user_bytes),
+        space_amp: m.table_bytes as f64 / user_bytes,
         workload: "engine-get",
         cpu: args.cpu,
         entries: args.entries,
@@ -215,12 +247,17 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     spawn_detached(shard.background());
     spawn_detached(shard.maintenance());
     let base_ts = SystemClock.now_us() - 2 * 86_400_000_000;
+    let load_before = stat_file.as_deref().and_then(devstat::read);
     let load_puts_per_s = load(&shard, args.entries, args.value_bytes, base_ts).await?;
     shard.flush_now();
     while !shard.maintenance_idle() {
         sleep(Duration::from_millis(20)).await;
         shard.wake_maintenance();
     }
+    let load_stats = shard.stats();
+    let load_after = stat_file.as_deref().and_then(devstat::read);
+    let load_device_bytes_written =
+        load_before.zip(load_after).map(|(b, a)| (a.sectors_written - b.sectors_written) * 512);
     let running = Rc::new(Cell::new(true));
     let measuring = Rc::new(Cell::new(false));
     let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
@@ -266,8 +303,14 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
         reader.await.ok_or("a reader was cancelled")??;
     }
     let (tables, table_bytes) = shard.table_stats();
+    let (scan_pages, scan_elapsed, scan_latency_us) = scan_pages(&shard, &args).await?;
     let measured = Measured {
         load_puts_per_s,
+        load_stats,
+        load_device_bytes_written,
+        scan_pages,
+        scan_elapsed,
+        scan_latency_us,
         gets: gets.get(),
         elapsed,
         latency_us: histogram.borrow().clone(),
@@ -284,6 +327,45 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     };
     shard.close().await;
     Ok(measured)
+}
+
+/// Timeline pages: newest-first scans of 20 entries of random pkeys, 64 in flight.
+async fn scan_pages(
+    shard: &Shard<DmaDisk, SystemClock>,
+    args: &Args,
+) -> Result<(u64, Duration, Histogram<u64>), String> {
+    let pkeys = args.entries.div_ceil(100);
+    let running = Rc::new(Cell::new(true));
+    let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
+    let pages = Rc::new(Cell::new(0u64));
+    let mut scanners = Vec::new();
+    for r in 0..args.inflight {
+        let (shard, running, histogram, pages) = (shard.clone(), running.clone(), histogram.clone(), pages.clone());
+        scanners.push(spawn_local(async move {
+            let mut rng = SimRng::new(0xca11 + r as u64);
+            while running.get() {
+                let pkey = format!("user{:010}", rng.below(pkeys)).into_bytes();
+                let start = Instant::now();
+                let page =
+                    shard.scan(&pkey, 0, u64::MAX - 1, 20, true).await.map_err(|e| format!("scan failed: {e}"))?;
+                if page.is_empty() {
+                    return Err("a timeline page came back empty".to_string());
+                }
+                let _ = histogram.borrow_mut().record(start.elapsed().as_micros() as u64);
+                pages.set(pages.get() + 1);
+            }
+            Ok(())
+        }));
+    }
+    let started = Instant::now();
+    sleep(Duration::from_secs_f64(args.seconds / 2.0)).await;
+    running.set(false);
+    let elapsed = started.elapsed();
+    for scanner in scanners {
+        scanner.await.ok_or("a scanner was cancelled")??;
+    }
+    let latency = histogram.borrow().clone();
+    Ok((pages.get(), elapsed, latency))
 }
 
 /// CPU time (user + system) this process has used, in microseconds, from /proc/self/stat.
@@ -371,6 +453,8 @@ pub fn summary(r: &Report) -> String {
         "engine-get: {} entries of {} B ({:.0} MiB on disk, {:.1}x the {} MiB budget, {} tables), {} gets in flight, core {}\n\
          \x20 strata: {:.0} gets/s, p50 {} us, p99 {} us, max {} us, {:.1} us CPU per get; block cache hit ratio {:.3}; device reads per get {}, per uncached get {}\n\
          \x20         RSS {:.0} MiB (memtable {:.0} MiB, pinned index+filter {:.0} MiB, block cache {:.0} MiB); load {:.0} puts/s\n\
+         \x20 scans:  {:.0} timeline pages/s (20 newest entries of a random pkey), p50 {} us, p99 {} us\n\
+         \x20 write amplification per user byte: WAL {:.2}, flush {:.2}, compaction {:.2}, engine total {:.2}, device {}; space amplification {:.2}\n\
          \x20 fio:    {:.0} random 4 KiB reads/s (io_uring, O_DIRECT, QD64, same core)\n\
          \x20 ratio:  {:.2}x fio (goal >= 0.8x)",
         r.entries,
@@ -394,6 +478,15 @@ pub fn summary(r: &Report) -> String {
         r.pinned_index_filter_bytes as f64 / 1048576.0,
         r.block_cache_bytes as f64 / 1048576.0,
         r.load_puts_per_s,
+        r.scan_pages_per_s,
+        r.scan_page_p50_us,
+        r.scan_page_p99_us,
+        r.write_amp_wal,
+        r.write_amp_flush,
+        r.write_amp_compaction,
+        r.write_amp_engine_total,
+        r.write_amp_device.map_or("n/a".into(), |v| format!("{v:.2}")),
+        r.space_amp,
         r.fio.iops,
         r.ratio_to_fio,
     );

@@ -185,6 +185,12 @@ impl<F: DiskFile> TableWriter<F> {
         self.meta.entry_count += 1;
         self.meta.version_max = self.meta.version_max.max(version);
         self.hashes.push(Bloom::hash(key));
+        // The pkey's prefix goes in the filter too (once per pkey), so a timeline scan can
+        // skip tables that hold nothing of its pkey.
+        let prefix = pkey_prefix(key);
+        if self.meta.entry_count == 1 || pkey_prefix(&self.last_key) != prefix {
+            self.hashes.push(Bloom::hash(prefix));
+        }
         self.last_key.clear();
         self.last_key.extend_from_slice(key);
         Ok(())
@@ -283,6 +289,13 @@ impl<F: DiskFile> Table<F> {
     #[must_use]
     pub fn pinned_bytes(&self) -> usize {
         self.bloom.bytes() + self.index.iter().map(|e| e.last_key.len() + 32).sum::<usize>()
+    }
+
+    /// False only when this table surely holds no entry of the pkey whose encoded prefix
+    /// (bucket, length, pkey) is `prefix`.
+    #[must_use]
+    pub fn may_contain_pkey(&self, prefix: &[u8]) -> bool {
+        self.bloom.may_contain(prefix)
     }
 
     #[must_use]
@@ -462,4 +475,10 @@ impl<F: DiskFile> TableCursor<F> {
     pub fn pop(&mut self) -> Option<(Vec<u8>, Version, Option<Vec<u8>>)> {
         self.entries.pop_front()
     }
+}
+
+/// The encoded key's prefix that names its pkey: bucket, length byte, pkey (no ts).
+#[must_use]
+pub fn pkey_prefix(key: &[u8]) -> &[u8] {
+    &key[..key.len() - 8]
 }

@@ -144,6 +144,9 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         for window in windows {
             let mut merged = by_window.remove(&window).unwrap_or_default();
             for table in &tables_of[&window] {
+                if !table.may_contain_pkey(crate::lsm::table::pkey_prefix(&from)) {
+                    continue;
+                }
                 for (key, version, value) in table.range(&from, &to, &self.inner.cache).await? {
                     merge_in(&mut merged, key, version, value);
                 }
