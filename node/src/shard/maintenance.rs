@@ -355,7 +355,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 written_done += w.bytes_written() - before;
                 self.pace(started_us, written_done).await;
             }
-            if w.bytes() >= self.inner.options.table_bytes_target {
+            // Only a window's bottom run is cut into pieces (disjoint ranges, one order). A merge
+            // of flushed tables yields one table, so tiers grow: cut pieces would be merged again
+            // as tables of the same size, forever.
+            if plan.level == 1 && w.bytes() >= self.inner.options.table_bytes_target {
                 let mut meta = writer.take().expect("checked above").finish().await.map_err(|e| failed(&e))?;
                 meta.order = order;
                 meta.level = plan.level;
