@@ -26,6 +26,8 @@ pub struct Args {
     pub db_bench: bool,
     /// Let the executor busy-poll this many microseconds before sleeping.
     pub spin_us: Option<u64>,
+    /// Run gets in a latency-sensitive task queue with this latency target.
+    pub latency_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -263,11 +265,13 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
     let gets = Rc::new(Cell::new(0u64));
     let mut readers = Vec::new();
+    // Request work runs where its I/O is dispatched eagerly (as the server's will).
+    let queue = args.latency_us.map(|us| strata_ioengine::executor::latency_queue("gets", Duration::from_micros(us)));
     for r in 0..args.inflight {
         let (shard, running, measuring, histogram, gets) =
             (shard.clone(), running.clone(), measuring.clone(), histogram.clone(), gets.clone());
         let entries = args.entries;
-        readers.push(spawn_local(async move {
+        let reader = async move {
             let mut rng = SimRng::new(0x5eed + r as u64);
             while running.get() {
                 let i = rng.below(entries);
@@ -283,8 +287,12 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
                     gets.set(gets.get() + 1);
                 }
             }
-            Ok(())
-        }));
+            Ok::<(), String>(())
+        };
+        readers.push(match queue {
+            Some(q) => strata_ioengine::executor::spawn_local_into(reader, q),
+            None => spawn_local(reader),
+        });
     }
     sleep(Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 2.0))).await;
     let (hits0, misses0, _) = shard.cache_stats();

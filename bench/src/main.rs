@@ -68,6 +68,9 @@ enum Command {
         /// Let the executor busy-poll this many microseconds before sleeping in the kernel.
         #[bpaf(long("spin-us"), argument("US"))]
         spin_us: Option<u64>,
+        /// Run the gets in a latency-sensitive task queue with this latency target (µs).
+        #[bpaf(long("latency-us"), argument("US"))]
+        latency_us: Option<u64>,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -86,6 +89,7 @@ fn main() {
             memory_budget_mib,
             no_db_bench,
             spin_us,
+            latency_us,
             json,
         } => {
             let args = engine_get::Args {
@@ -98,6 +102,7 @@ fn main() {
                 memory_budget_bytes: memory_budget_mib << 20,
                 db_bench: !no_db_bench,
                 spin_us,
+                latency_us,
             };
             engine_get::run(&args).map(|report| {
                 if json {

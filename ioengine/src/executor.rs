@@ -116,3 +116,18 @@ pub async fn sleep(duration: std::time::Duration) {
 pub fn online_cpus() -> Vec<usize> {
     CpuSet::online().map(|set| set.into_iter().map(|l| l.cpu).collect()).unwrap_or_else(|_| vec![0])
 }
+
+/// A task queue of the current executor for work whose I/O latency matters (request
+/// handling): glommio dispatches its I/O eagerly instead of when the reactor comes around.
+#[must_use]
+pub fn latency_queue(name: &str, latency: std::time::Duration) -> glommio::TaskQueueHandle {
+    glommio::executor().create_task_queue(glommio::Shares::default(), glommio::Latency::Matters(latency), name)
+}
+
+/// Starts `future` in the task queue `queue` of the current executor.
+pub fn spawn_local_into<T: 'static>(
+    future: impl Future<Output = T> + 'static,
+    queue: glommio::TaskQueueHandle,
+) -> glommio::task::JoinHandle<T> {
+    glommio::spawn_local_into(future, queue).expect("the task queue belongs to this executor").detach()
+}
