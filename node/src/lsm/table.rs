@@ -393,6 +393,45 @@ impl<F: DiskFile> Table<F> {
         Ok(out)
     }
 
+    /// Up to `n` entries with `from <= key <= to`, newest (highest key) first, reading blocks
+    /// backwards from the end of the range and stopping as soon as it has `n`.
+    pub async fn range_newest(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        n: usize,
+        cache: &RefCell<BlockCache>,
+    ) -> Result<Vec<(Vec<u8>, Version, Option<Vec<u8>>)>, TableError> {
+        let mut out = Vec::new();
+        if n == 0 || self.index.is_empty() || to < self.meta.key_min.as_slice() || from > self.meta.key_max.as_slice() {
+            return Ok(out);
+        }
+        let mut i = self.block_for(to).min(self.index.len() - 1);
+        loop {
+            let block = self.block(i, cache).await?;
+            let mut in_range = Vec::new();
+            let mut reaches_below_from = false;
+            for entry in EntryIter::new(&block) {
+                let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
+                if entry.key < from {
+                    reaches_below_from = true;
+                } else if entry.key <= to {
+                    in_range.push((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec)));
+                }
+            }
+            for entry in in_range.into_iter().rev() {
+                out.push(entry);
+                if out.len() == n {
+                    return Ok(out);
+                }
+            }
+            if reaches_below_from || i == 0 {
+                return Ok(out);
+            }
+            i -= 1;
+        }
+    }
+
     /// Every entry, in key order (compaction and checks read whole tables).
     pub async fn all(
         &self,

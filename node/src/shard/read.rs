@@ -142,31 +142,71 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         };
         let mut out = Vec::new();
         for window in windows {
-            let mut merged = by_window.remove(&window).unwrap_or_default();
-            for table in &tables_of[&window] {
-                if !table.may_contain_pkey(crate::lsm::table::pkey_prefix(&from)) {
-                    continue;
+            let remaining = limit - out.len();
+            if remaining == 0 {
+                break;
+            }
+            let in_memory = by_window.remove(&window).unwrap_or_default();
+            let tables: Vec<_> = tables_of[&window]
+                .iter()
+                .filter(|t| t.may_contain_pkey(crate::lsm::table::pkey_prefix(&from)))
+                .cloned()
+                .collect();
+            let entries = if newest_first {
+                self.window_newest(pkey, &from, &to, in_memory, &tables, &ranges, remaining).await?
+            } else {
+                let mut merged = in_memory;
+                for table in &tables {
+                    for (key, version, value) in table.range(&from, &to, &self.inner.cache).await? {
+                        merge_in(&mut merged, key, version, value);
+                    }
                 }
-                for (key, version, value) in table.range(&from, &to, &self.inner.cache).await? {
+                live_entries(merged, pkey, &ranges, None).take(remaining).collect()
+            };
+            out.extend(entries.into_iter().take(remaining));
+        }
+        Ok(out)
+    }
+
+    /// The newest `want` live entries of one window. Tables are read backwards and only as far
+    /// as needed: a table cut off after `n` entries may still hold, below its cut-off, newer
+    /// versions (tombstones) of older keys, so only keys at or above the highest cut-off are
+    /// trusted, and the read widens until `want` trusted entries are found or nothing was cut.
+    #[allow(clippy::too_many_arguments, reason = "one window's inputs, gathered by scan")]
+    async fn window_newest(
+        &self,
+        pkey: &[u8],
+        from: &[u8],
+        to: &[u8],
+        in_memory: Merged,
+        tables: &[Rc<crate::lsm::table::Table<D::File>>],
+        ranges: &[RangeTombstone],
+        want: usize,
+    ) -> Result<Vec<ScanEntry>, ReadError> {
+        let mut n = want.max(16);
+        loop {
+            let mut merged = in_memory.clone();
+            let mut cutoff: Option<Vec<u8>> = None;
+            for table in tables {
+                let got = table.range_newest(from, to, n, &self.inner.cache).await?;
+                if got.len() == n {
+                    let oldest = got.last().expect("n > 0 entries").0.clone();
+                    if cutoff.as_ref().is_none_or(|c| oldest > *c) {
+                        cutoff = Some(oldest);
+                    }
+                }
+                for (key, version, value) in got {
                     merge_in(&mut merged, key, version, value);
                 }
             }
-            let live =
-                merged.into_iter().filter_map(|(key, (version, value))| value.map(|v| (ts_of_key(&key), version, v)));
-            let live = live.filter(|(ts, version, _)| !ranges.iter().any(|rt| rt.hides(pkey, *ts, *version)));
-            let mut entries: Vec<ScanEntry> =
-                live.map(|(ts, version, value)| ScanEntry { ts, version, value }).collect();
-            if newest_first {
-                entries.reverse();
+            let mut live: Vec<ScanEntry> = live_entries(merged, pkey, ranges, cutoff.as_deref()).collect();
+            live.reverse();
+            if live.len() >= want || cutoff.is_none() {
+                live.truncate(want);
+                return Ok(live);
             }
-            for entry in entries {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                out.push(entry);
-            }
+            n = n.saturating_mul(4);
         }
-        Ok(out)
     }
 
     /// Every stored entry in key order, tombstones included, merged across memory and tables
@@ -223,4 +263,19 @@ fn ranges_of<F>(state: &super::State<F>, pkey: &[u8]) -> Vec<RangeTombstone> {
         .filter(|rt| rt.pkey == pkey)
         .cloned()
         .collect()
+}
+
+/// Live entries of `merged` in key (ts) order: values not hidden by a newer range delete, at or
+/// above `cutoff` when one is given.
+fn live_entries<'a>(
+    merged: Merged,
+    pkey: &'a [u8],
+    ranges: &'a [RangeTombstone],
+    cutoff: Option<&'a [u8]>,
+) -> impl Iterator<Item = ScanEntry> + 'a {
+    merged
+        .into_iter()
+        .filter(move |(key, _)| cutoff.is_none_or(|c| key.as_slice() >= c))
+        .filter_map(|(key, (version, value))| value.map(|v| ScanEntry { ts: ts_of_key(&key), version, value: v }))
+        .filter(move |e| !ranges.iter().any(|rt| rt.hides(pkey, e.ts, e.version)))
 }
