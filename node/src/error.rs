@@ -19,6 +19,9 @@ pub enum WriteError {
     /// Refused before it was accepted: the SSD is nearly full; the rest is reserved so flushes
     /// and compactions can always finish.
     DiskFull { free_bytes: u64, reserve_bytes: u64 },
+    /// Refused before it was accepted: the write's window is past retention (it would be
+    /// dropped at once).
+    Expired { ts: u64 },
     /// Refused before it was accepted: a range whose start lies after its end.
     BadRange { ts_from: u64, ts_to: u64 },
     /// Refused before it was accepted: the timestamp lies too far in the future.
@@ -47,6 +50,7 @@ impl std::fmt::Display for WriteError {
                 "SSD nearly full: {free_bytes} bytes free, {reserve_bytes} reserved for flushes and compaction; \
                  writes resume when space is freed"
             ),
+            Self::Expired { ts } => write!(f, "timestamp {ts} lies in a window past the retention period"),
             Self::BadRange { ts_from, ts_to } => write!(f, "bad range: start {ts_from} is after end {ts_to}"),
             Self::FutureTimestamp { ts, limit } => {
                 write!(f, "timestamp {ts} is beyond the allowed future skew (limit {limit})")

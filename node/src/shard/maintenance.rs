@@ -110,9 +110,11 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     /// batch in flight completes.
     pub fn flush_now(&self) {
         let mut state = self.inner.state.borrow_mut();
-        if state.committing || !state.pending.is_empty() {
+        if state.committing || !state.pending.is_empty() || state.frozen.is_some() {
+            // Not at a batch boundary, or a flush is under way: freeze at the next boundary
+            // after it.
             state.flush_requested = true;
-        } else if state.frozen.is_none() && !state.memtable.is_empty() {
+        } else if !state.memtable.is_empty() {
             state.freeze();
         }
         drop(state);
@@ -120,22 +122,20 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 
     fn next_job(&self) -> Option<Job<D::File>> {
-        let job = self.pick_job()?;
-        // A compaction writes its outputs before it frees its inputs: it runs only if they fit.
-        if let Job::Compact(plan) = &job {
-            let needed: u64 = plan.inputs.iter().map(|t| t.file_bytes()).sum();
-            let free = self.inner.state.borrow().ssd_free_bytes;
-            if needed > free {
-                tracing::warn!(
-                    window = plan.window,
-                    needed,
-                    free,
-                    "compaction skipped: its output would not fit on the SSD"
-                );
-                return None;
-            }
+        self.pick_job()
+    }
+
+    /// True when a compaction of `inputs` can write its outputs (at most their size) without
+    /// eating into the reserve kept for flushes and WAL segments.
+    fn compaction_fits(&self, inputs: &[Rc<Table<D::File>>]) -> bool {
+        let needed: u64 = inputs.iter().map(|t| t.file_bytes()).sum();
+        let free = self.inner.state.borrow().ssd_free_bytes;
+        let usable = free.saturating_sub(self.inner.options.ssd_reserve_bytes);
+        if needed > usable {
+            tracing::warn!(needed, free, "a compaction is skipped: its output would not fit beside the SSD reserve");
+            return false;
         }
-        Some(job)
+        true
     }
 
     fn pick_job(&self) -> Option<Job<D::File>> {
@@ -158,17 +158,21 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 drop_tombstones: true,
                 settle,
             };
-            if window == WINDOW_TIMELESS {
-                if level0 >= 4 {
-                    return Some(Job::Compact(whole(false)));
-                }
+            let plan = if window == WINDOW_TIMELESS {
+                (level0 >= 4).then(|| whole(false))
             } else if self.window_settled_by_age(window) {
                 // A window settles once, into one run; late writes are folded in when they pile up.
-                if (!settled && (level0 > 0)) || level0 >= 4 {
-                    return Some(Job::Compact(whole(true)));
-                }
+                ((!settled && (level0 > 0)) || level0 >= 4).then(|| whole(true))
             } else if level0 > self.inner.options.tables_per_window_max {
-                return Some(Job::Compact(self.tier_merge(window, tables)));
+                Some(self.tier_merge(window, tables))
+            } else {
+                None
+            };
+            // A merge that does not fit is skipped; other windows may still have work that does.
+            if let Some(plan) = plan
+                && self.compaction_fits(&plan.inputs)
+            {
+                return Some(Job::Compact(plan));
             }
         }
         None
@@ -270,6 +274,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             state.frozen = None;
             state.stats.flushes += 1;
             state.stats.flush_bytes_written += bytes;
+            // A flush asked for while this one ran happens now, if no batch is in flight.
+            if state.flush_requested && !state.committing && state.pending.is_empty() && !state.memtable.is_empty() {
+                state.freeze();
+            }
         }
         // If no batch has arrived since the freeze, its last segment is still the active one:
         // it holds only flushed writes and no new ones (the next batch starts a new segment),
@@ -434,10 +442,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         self.remove_tables(&ids).await
     }
 
+    /// Removes files of tables that left the live set. A failure is logged, not fatal: the
+    /// manifest no longer names them, and the next open removes them as orphans.
     async fn remove_tables(&self, ids: &[u64]) -> Result<(), String> {
         for id in ids {
             let path = table_path(&self.inner.tables_dir, *id);
-            self.inner.disk.remove(&path).await.map_err(|e| format!("cannot remove a dropped table: {e}"))?;
+            if let Err(e) = self.inner.disk.remove(&path).await {
+                tracing::warn!(file = %path.display(), "cannot remove a dropped table (removed at next open): {e}");
+            }
         }
         Ok(())
     }

@@ -174,6 +174,9 @@ impl ShardOptions {
         if self.window_us == 0 {
             return bad("the window width must be positive".into());
         }
+        if self.tables_per_window_max == 0 {
+            return bad("a window must be allowed at least one flushed table".into());
+        }
         Ok(())
     }
 }
@@ -500,7 +503,11 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     /// True when no memtable waits for a flush and no compaction is due.
     #[must_use]
     pub fn maintenance_idle(&self) -> bool {
-        self.inner.state.borrow().frozen.is_none() && self.next_job_is_none()
+        let waiting = {
+            let state = self.inner.state.borrow();
+            state.frozen.is_some() || (state.flush_requested && !state.memtable.is_empty())
+        };
+        !waiting && self.next_job_is_none()
     }
 
     /// Bytes the memtable holds, as charged against its budget.
@@ -582,6 +589,9 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 free_bytes: state.ssd_free_bytes,
                 reserve_bytes: options.ssd_reserve_bytes,
             });
+        }
+        if kind != RecordKind::DeleteRange && self.is_expired(crate::lsm::window_of(ts, options.window_us)) {
+            return Err(WriteError::Expired { ts });
         }
         if ts != TS_TIMELESS {
             let limit = self.inner.clock.now_us().saturating_add(options.future_skew_us);
