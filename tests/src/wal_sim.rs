@@ -515,9 +515,7 @@ async fn writer(
                 Ok(Some((version, cell))) => {
                     let mut m = model.borrow_mut();
                     let high = visible_before.map_or(0, |h| h.0);
-                    // A dropped tombstone takes its version along: an older delete may answer.
-                    let both_deleted = cell.is_none() && visible_before.is_some_and(|h| h.1);
-                    if version < high && !both_deleted {
+                    if version < high {
                         if std::env::var("SIM_DEBUG").is_ok() {
                             for (i, a) in m.attempts.iter().enumerate().filter(|(_, a)| a.touches(&key)) {
                                 eprintln!(

@@ -340,7 +340,9 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 }
             }
             let (version, value) = winner.expect("the smallest key came from a cursor");
-            if plan.drop_tombstones && value.is_none() {
+            // A tombstone is dropped only when nothing else would answer for the key: if an older
+            // range delete covers it, dropping it would make the key read at that older version.
+            if plan.drop_tombstones && value.is_none() && !self.covered_by_range(&key) {
                 continue;
             }
             // An entry a durable range delete hides is dropped (the range stays in force).
@@ -403,6 +405,20 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             state.stats.compaction_bytes_written += bytes_written;
         }
         self.remove_tables(&removed).await
+    }
+
+    /// True when any range delete (durable or not yet flushed) covers encoded `key`.
+    fn covered_by_range(&self, key: &[u8]) -> bool {
+        let state = self.inner.state.borrow();
+        let k = strata_format::key::decode_key(key).expect("stored keys are encoded by the shard");
+        let frozen = state.frozen.as_ref().map(|f| f.memtable.range_tombstones()).unwrap_or_default();
+        state
+            .manifest
+            .range_tombstones
+            .iter()
+            .chain(frozen.iter())
+            .chain(state.memtable.range_tombstones())
+            .any(|rt| rt.pkey == k.pkey && rt.ts_from <= k.ts && k.ts <= rt.ts_to)
     }
 
     /// True when a durable range delete hides the entry at encoded `key` and `version`.
