@@ -77,6 +77,11 @@ enum Command {
     },
 }
 
+/// One JSON object naming every figure, or the human-readable summary.
+fn render<R: serde::Serialize>(report: &R, json: bool, summary: fn(&R) -> String) -> String {
+    if json { serde_json::to_string_pretty(report).expect("the report serializes") } else { summary(report) }
+}
+
 fn main() {
     let result = match command().run() {
         Command::EngineGet {
@@ -104,23 +109,11 @@ fn main() {
                 spin_us,
                 latency_us,
             };
-            engine_get::run(&args).map(|report| {
-                if json {
-                    serde_json::to_string_pretty(&report).expect("the report serializes")
-                } else {
-                    engine_get::summary(&report)
-                }
-            })
+            engine_get::run(&args).map(|report| render(&report, json, engine_get::summary))
         }
         Command::EnginePut { dir, cpu, writers, value_bytes, seconds, json } => {
             let args = engine_put::Args { dir, cpu, writers, value_bytes, seconds };
-            engine_put::run(&args).map(|report| {
-                if json {
-                    serde_json::to_string_pretty(&report).expect("the report serializes")
-                } else {
-                    engine_put::summary(&report)
-                }
-            })
+            engine_put::run(&args).map(|report| render(&report, json, engine_put::summary))
         }
     };
     match result {

@@ -89,16 +89,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         window != WINDOW_TIMELESS && window_end.saturating_add(options.settle_us) <= self.inner.clock.now_us()
     }
 
-    fn window_expired(&self, window: u64) -> bool {
+    /// True when `window` is past retention: reads ignore it, writes into it are refused.
+    pub(super) fn window_expired(&self, window: u64) -> bool {
         let options = &self.inner.options;
         let Some(retention) = options.retention_us else { return false };
         let window_end = window.saturating_add(1).saturating_mul(options.window_us);
         window != WINDOW_TIMELESS && window_end.saturating_add(retention) <= self.inner.clock.now_us()
-    }
-
-    /// True when reads must ignore `window` (it is past retention).
-    pub(super) fn is_expired(&self, window: u64) -> bool {
-        self.window_expired(window)
     }
 
     pub(super) fn next_job_is_none(&self) -> bool {
@@ -121,10 +117,6 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         self.inner.maintenance_wake.notify();
     }
 
-    fn next_job(&self) -> Option<Job<D::File>> {
-        self.pick_job()
-    }
-
     /// True when a compaction of `inputs` can write its outputs (at most their size) without
     /// eating into the reserve kept for flushes and WAL segments.
     fn compaction_fits(&self, inputs: &[Rc<Table<D::File>>]) -> bool {
@@ -138,7 +130,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         true
     }
 
-    fn pick_job(&self) -> Option<Job<D::File>> {
+    fn next_job(&self) -> Option<Job<D::File>> {
         let state = self.inner.state.borrow();
         if state.frozen.is_some() {
             return Some(Job::Flush);
@@ -411,14 +403,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     fn covered_by_range(&self, key: &[u8]) -> bool {
         let state = self.inner.state.borrow();
         let k = strata_format::key::decode_key(key).expect("stored keys are encoded by the shard");
-        let frozen = state.frozen.as_ref().map(|f| f.memtable.range_tombstones()).unwrap_or_default();
-        state
-            .manifest
-            .range_tombstones
-            .iter()
-            .chain(frozen.iter())
-            .chain(state.memtable.range_tombstones())
-            .any(|rt| rt.pkey == k.pkey && rt.ts_from <= k.ts && k.ts <= rt.ts_to)
+        state.range_tombstones().any(|rt| rt.pkey == k.pkey && rt.ts_from <= k.ts && k.ts <= rt.ts_to)
     }
 
     /// True when a durable range delete hides the entry at encoded `key` and `version`.

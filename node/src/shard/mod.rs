@@ -216,6 +216,12 @@ struct Frozen {
 }
 
 impl<F> State<F> {
+    /// Every range delete in force: durable ones, then the frozen and the active memtable's.
+    fn range_tombstones(&self) -> impl Iterator<Item = &strata_format::manifest::RangeTombstone> {
+        let frozen = self.frozen.as_ref().map(|f| f.memtable.range_tombstones()).unwrap_or_default();
+        self.manifest.range_tombstones.iter().chain(frozen).chain(self.memtable.range_tombstones())
+    }
+
     /// Freezes the memtable at a batch boundary: every write in WAL segments up to the active
     /// one is in the frozen memtable, and the next batch starts a new segment.
     fn freeze(&mut self) {
@@ -590,7 +596,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 reserve_bytes: options.ssd_reserve_bytes,
             });
         }
-        if kind != RecordKind::DeleteRange && self.is_expired(crate::lsm::window_of(ts, options.window_us)) {
+        if kind != RecordKind::DeleteRange && self.window_expired(crate::lsm::window_of(ts, options.window_us)) {
             return Err(WriteError::Expired { ts });
         }
         if ts != TS_TIMELESS {

@@ -71,7 +71,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     pub async fn get_entry(&self, pkey: &[u8], ts: Timestamp) -> Result<Option<Versioned>, ReadError> {
         let key = encode_key(pkey, ts).map_err(ReadError::BadKey)?;
         let window = window_of(ts, self.inner.options.window_us);
-        if self.is_expired(window) {
+        if self.window_expired(window) {
             return Ok(None);
         }
         let (found, tables, ranges) = {
@@ -130,7 +130,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
             let mut windows: Vec<u64> =
                 state.levels.windows_in(w_from, w_to).chain(by_window.keys().copied()).collect();
-            windows.retain(|w| !self.is_expired(*w));
+            windows.retain(|w| !self.window_expired(*w));
             windows.sort_unstable();
             windows.dedup();
             if newest_first {
@@ -221,16 +221,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                     merge_in(&mut merged, key.to_vec(), entry.version, entry.value.as_ref().map(|v| v.to_vec()));
                 }
             }
-            let frozen_ranges =
-                state.frozen.as_ref().map(|f| f.memtable.range_tombstones().to_vec()).unwrap_or_default();
-            let ranges: Vec<RangeTombstone> = state
-                .manifest
-                .range_tombstones
-                .iter()
-                .chain(frozen_ranges.iter())
-                .chain(state.memtable.range_tombstones())
-                .cloned()
-                .collect();
+            let ranges: Vec<RangeTombstone> = state.range_tombstones().cloned().collect();
             (merged, state.levels.all().cloned().collect::<Vec<_>>(), ranges)
         };
         for table in tables {
@@ -241,7 +232,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let window_us = self.inner.options.window_us;
         Ok(merged
             .into_iter()
-            .filter(|(key, _)| !self.is_expired(window_of(ts_of_key(key), window_us)))
+            .filter(|(key, _)| !self.window_expired(window_of(ts_of_key(key), window_us)))
             .map(|(key, (version, value))| {
                 let k = decode_key(&key).expect("stored keys are encoded by the shard");
                 StoredEntry { pkey: k.pkey.to_vec(), ts: k.ts, version, value }
@@ -253,18 +244,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
 
 /// Range deletes of `pkey` from every source: durable ones, the frozen and the active memtable.
 fn ranges_of<F>(state: &super::State<F>, pkey: &[u8]) -> Vec<RangeTombstone> {
-    let frozen = state.frozen.as_ref().map(|f| f.memtable.range_tombstones()).unwrap_or_default();
-    state
-        .manifest
-        .range_tombstones
-        .iter()
-        .chain(frozen.iter())
-        .chain(state.memtable.range_tombstones())
-        .filter(|rt| rt.pkey == pkey)
-        .cloned()
-        .collect()
+    state.range_tombstones().filter(|rt| rt.pkey == pkey).cloned().collect()
 }
-
 /// Live entries of `merged` in key (ts) order: values not hidden by a newer range delete, at or
 /// above `cutoff` when one is given.
 fn live_entries<'a>(
