@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use strata_ioengine::executor::{ExecutorSpec, run_pinned, sleep, spawn_detached, spawn_local};
-use strata_ioengine::{Clock, DmaDisk, SimRng, SystemClock};
+use strata_ioengine::uring::{Priority, run_pinned, sleep, spawn as spawn_local, spawn_detached};
+use strata_ioengine::{Clock, SimRng, SystemClock, UringDisk};
 use strata_node::{Shard, ShardOptions};
 
 #[derive(Debug, Clone)]
@@ -24,10 +24,6 @@ pub struct Args {
     pub seconds: f64,
     pub memory_budget_bytes: usize,
     pub db_bench: bool,
-    /// Let the executor busy-poll this many microseconds before sleeping.
-    pub spin_us: Option<u64>,
-    /// Run gets in a latency-sensitive task queue with this latency target.
-    pub latency_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,15 +122,10 @@ pub fn run(args: &Args) -> Result<Report, String> {
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
     let shard_dir = args.dir.join("strata-engine-get");
     let _ = std::fs::remove_dir_all(&shard_dir);
-    let spec = ExecutorSpec {
-        name: "engine-get".into(),
-        cpu: args.cpu,
-        io_memory_bytes: 2 << 20,
-        spin_before_park: args.spin_us.map(std::time::Duration::from_micros),
-    };
     let stat_file = devstat::stat_file_for(&args.dir);
     let a = args.clone();
-    let m = run_pinned(&spec, move || measure(shard_dir, a, stat_file)).map_err(|e| e.to_string())??;
+    let m =
+        run_pinned("engine-get", args.cpu, move || measure(shard_dir, a, stat_file)).map_err(|e| e.to_string())??;
     let _ = std::fs::remove_dir_all(args.dir.join("strata-engine-get"));
 
     let fio_dir = args.dir.join("fio");
@@ -206,7 +197,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
 }
 
 async fn load(
-    shard: &Shard<DmaDisk, SystemClock>,
+    shard: &Shard<UringDisk, SystemClock>,
     entries: u64,
     value_bytes: usize,
     base_ts: u64,
@@ -238,16 +229,17 @@ async fn load(
         }));
     }
     for writer in writers {
-        writer.await.ok_or("a loader was cancelled")??;
+        writer.await?;
     }
     Ok(entries as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result<Measured, String> {
-    let (shard, _) =
-        Shard::open(DmaDisk, SystemClock, options(&dir, args.memory_budget_bytes)).await.map_err(|e| e.to_string())?;
-    spawn_detached(shard.background());
-    spawn_detached(shard.maintenance());
+    let (shard, _) = Shard::open(UringDisk, SystemClock, options(&dir, args.memory_budget_bytes))
+        .await
+        .map_err(|e| e.to_string())?;
+    spawn_detached(Priority::Foreground, shard.background());
+    spawn_detached(Priority::Background, shard.maintenance());
     let base_ts = SystemClock.now_us() - 2 * 86_400_000_000;
     let load_before = stat_file.as_deref().and_then(devstat::read);
     let load_puts_per_s = load(&shard, args.entries, args.value_bytes, base_ts).await?;
@@ -265,8 +257,6 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
     let gets = Rc::new(Cell::new(0u64));
     let mut readers = Vec::new();
-    // Request work runs where its I/O is dispatched eagerly (as the server's will).
-    let queue = args.latency_us.map(|us| strata_ioengine::executor::latency_queue("gets", Duration::from_micros(us)));
     for r in 0..args.inflight {
         let (shard, running, measuring, histogram, gets) =
             (shard.clone(), running.clone(), measuring.clone(), histogram.clone(), gets.clone());
@@ -289,10 +279,7 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
             }
             Ok::<(), String>(())
         };
-        readers.push(match queue {
-            Some(q) => strata_ioengine::executor::spawn_local_into(reader, q),
-            None => spawn_local(reader),
-        });
+        readers.push(spawn_local(reader));
     }
     sleep(Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 2.0))).await;
     let (hits0, misses0, _) = shard.cache_stats();
@@ -308,7 +295,7 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     let (hits1, misses1, cache_bytes) = shard.cache_stats();
     running.set(false);
     for reader in readers {
-        reader.await.ok_or("a reader was cancelled")??;
+        reader.await?;
     }
     let (tables, table_bytes) = shard.table_stats();
     let (scan_pages, scan_elapsed, scan_latency_us) = scan_pages(&shard, &args).await?;
@@ -339,7 +326,7 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
 
 /// Timeline pages: newest-first scans of 20 entries of random pkeys, 64 in flight.
 async fn scan_pages(
-    shard: &Shard<DmaDisk, SystemClock>,
+    shard: &Shard<UringDisk, SystemClock>,
     args: &Args,
 ) -> Result<(u64, Duration, Histogram<u64>), String> {
     let pkeys = args.entries.div_ceil(100);
@@ -370,7 +357,7 @@ async fn scan_pages(
     running.set(false);
     let elapsed = started.elapsed();
     for scanner in scanners {
-        scanner.await.ok_or("a scanner was cancelled")??;
+        scanner.await?;
     }
     let latency = histogram.borrow().clone();
     Ok((pages.get(), elapsed, latency))

@@ -8,8 +8,8 @@ use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use strata_ioengine::executor::{ExecutorSpec, run_pinned, sleep, spawn_detached, spawn_local};
-use strata_ioengine::{DmaDisk, SystemClock};
+use strata_ioengine::uring::{Priority, run_pinned, sleep, spawn as spawn_local, spawn_detached};
+use strata_ioengine::{SystemClock, UringDisk};
 use strata_node::{Shard, ShardOptions};
 
 #[derive(Debug, Clone)]
@@ -80,11 +80,9 @@ pub fn run(args: &Args) -> Result<Report, String> {
     let _ = std::fs::remove_dir_all(&shard_dir);
     let stat_file = devstat::stat_file_for(&args.dir);
     let before = stat_file.as_deref().and_then(devstat::read);
-    let spec =
-        ExecutorSpec { name: "engine-put".into(), cpu: args.cpu, io_memory_bytes: 2 << 20, spin_before_park: None };
     let (writers, value_bytes, seconds) = (args.writers, args.value_bytes, args.seconds);
-    let measured =
-        run_pinned(&spec, move || measure(shard_dir, writers, value_bytes, seconds)).map_err(|e| e.to_string())??;
+    let measured = run_pinned("engine-put", args.cpu, move || measure(shard_dir, writers, value_bytes, seconds))
+        .map_err(|e| e.to_string())??;
     let after = stat_file.as_deref().and_then(devstat::read);
     let _ = std::fs::remove_dir_all(args.dir.join("strata-engine-put"));
 
@@ -121,9 +119,9 @@ pub fn run(args: &Args) -> Result<Report, String> {
 async fn measure(dir: PathBuf, writers: usize, value_bytes: usize, seconds: f64) -> Result<Measured, String> {
     let mut options = ShardOptions::new(&dir);
     options.memtable_bytes_max = 8 << 30;
-    let (shard, _) = Shard::open(DmaDisk, SystemClock, options).await.map_err(|e| e.to_string())?;
-    spawn_detached(shard.background());
-    spawn_detached(shard.maintenance());
+    let (shard, _) = Shard::open(UringDisk, SystemClock, options).await.map_err(|e| e.to_string())?;
+    spawn_detached(Priority::Foreground, shard.background());
+    spawn_detached(Priority::Background, shard.maintenance());
     // Warm up: the first segments are being prepared, caches are cold.
     let running = Rc::new(Cell::new(true));
     let measuring = Rc::new(Cell::new(false));
@@ -162,7 +160,7 @@ async fn measure(dir: PathBuf, writers: usize, value_bytes: usize, seconds: f64)
     let stats_after = shard.stats();
     running.set(false);
     for task in tasks {
-        task.await.ok_or("a writer task was cancelled")??;
+        task.await?;
     }
     shard.close().await;
     let latency_us = histogram.borrow().clone();

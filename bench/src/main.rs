@@ -65,12 +65,6 @@ enum Command {
         /// Skip RocksDB's db_bench.
         #[bpaf(long("no-db-bench"))]
         no_db_bench: bool,
-        /// Let the executor busy-poll this many microseconds before sleeping in the kernel.
-        #[bpaf(long("spin-us"), argument("US"))]
-        spin_us: Option<u64>,
-        /// Run the gets in a latency-sensitive task queue with this latency target (µs).
-        #[bpaf(long("latency-us"), argument("US"))]
-        latency_us: Option<u64>,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -93,8 +87,6 @@ fn main() {
             seconds,
             memory_budget_mib,
             no_db_bench,
-            spin_us,
-            latency_us,
             json,
         } => {
             let args = engine_get::Args {
@@ -106,8 +98,6 @@ fn main() {
                 seconds,
                 memory_budget_bytes: memory_budget_mib << 20,
                 db_bench: !no_db_bench,
-                spin_us,
-                latency_us,
             };
             engine_get::run(&args).map(|report| render(&report, json, engine_get::summary))
         }

@@ -28,9 +28,17 @@ impl Clock for SystemClock {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
     }
 
-    /// Must run inside a glommio executor.
+    /// Must run inside a uring runtime or a glommio executor.
     fn sleep_us(&self, us: u64) -> impl std::future::Future<Output = ()> {
-        crate::executor::sleep(std::time::Duration::from_micros(us))
+        let duration = std::time::Duration::from_micros(us);
+        let on_uring = crate::uring::is_current();
+        async move {
+            if on_uring {
+                crate::uring::sleep(duration).await;
+            } else {
+                crate::executor::sleep(duration).await;
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod rng;
 pub mod sim;
 pub mod simexec;
 pub mod trace;
+pub mod uring;
 
 pub use clock::{Clock, SimClock, SystemClock};
 pub use disk::{DirLock, Disk, DiskError, DiskFile};
@@ -27,3 +28,4 @@ pub use rng::SimRng;
 pub use sim::{SimDisk, SimFaults, SimStats};
 pub use simexec::SimExecutor;
 pub use trace::{Trace, TraceEvent, TraceOp, Traced};
+pub use uring::{UringDisk, UringFile};

@@ -27,12 +27,12 @@ pub struct DmaDiskFile {
 
 /// A full `fsync` of a directory (glommio's directory sync is an fdatasync, which need not
 /// persist a new or removed entry). It blocks the core briefly; namespace changes are rare.
-async fn sync_dir(op: &'static str, dir: &Path) -> Result<(), DiskError> {
+pub(crate) async fn sync_dir(op: &'static str, dir: &Path) -> Result<(), DiskError> {
     let err = |e| DiskError::new(op, dir, None, e);
     std::fs::File::open(dir).map_err(err)?.sync_all().map_err(err)
 }
 
-fn parent_of(path: &Path) -> &Path {
+pub(crate) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -99,7 +99,7 @@ impl Disk for DmaDisk {
 }
 
 /// Free (for unprivileged writers) and total bytes of the filesystem holding `dir`.
-fn statvfs_space(dir: &Path) -> Result<(u64, u64), DiskError> {
+pub(crate) fn statvfs_space(dir: &Path) -> Result<(u64, u64), DiskError> {
     use std::os::unix::ffi::OsStrExt as _;
     let err = |e| DiskError::new("statvfs", dir, None, e);
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -162,7 +162,7 @@ impl DmaDisk {
     }
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<String>, DiskError> {
+pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, DiskError> {
     let entries = std::fs::read_dir(dir).map_err(|e| DiskError::new("list", dir, None, e))?;
     let mut names = Vec::new();
     for entry in entries {
@@ -173,7 +173,7 @@ fn list_dir(dir: &Path) -> Result<Vec<String>, DiskError> {
     Ok(names)
 }
 
-fn lock_dir(dir: &Path) -> Result<DirLock, DiskError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, DiskError> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .create(true)
