@@ -8,8 +8,8 @@
 //!   future is woken when its completion is reaped.
 //! - **raw operations** owned by a [`CompletionHandler`] (the network's connection state
 //!   machines): their completions are handed to the handler by token, with no task, waker or
-//!   allocation per operation. At the end of every turn the handler's `turn_end` runs, so what
-//!   arrived together is processed together (per-core batching).
+//!   allocation per operation. Before every submit the handler's `flush` runs, so what arrived
+//!   together is processed together and answered with one submit (per-core batching).
 //!
 //! Other threads reach a runtime only through a [`Remote`]: a queue of closures and an eventfd
 //! the ring keeps a read armed on.
@@ -20,6 +20,7 @@
 
 mod buf;
 mod disk;
+pub mod net;
 
 pub use buf::AlignedBuf;
 pub use disk::{UringDisk, UringFile};
@@ -52,8 +53,8 @@ pub trait CompletionHandler {
     /// A raw operation submitted with `token` completed with `result` (a byte count or
     /// `-errno`) and CQE `flags` (`IORING_CQE_F_MORE` while a multishot operation continues).
     fn complete(&self, token: u64, result: i32, flags: u32);
-    /// Every completion of this turn has been delivered.
-    fn turn_end(&self) {}
+    /// The ring is about to be entered: queue what this turn produced.
+    fn flush(&self) {}
 }
 
 /// Which queue a task runs in.
@@ -419,6 +420,10 @@ impl Inner {
             if done() {
                 return Ok(());
             }
+            let handler = self.handler.borrow().clone();
+            if let Some(handler) = &handler {
+                handler.flush();
+            }
             self.bump(|s| s.turns += 1);
             let wait = !self.has_ready() && self.reaped.borrow().is_empty();
             {
@@ -441,12 +446,8 @@ impl Inner {
                 }
             }
             self.bump(|s| s.completions += completions.len() as u64);
-            let handler = self.handler.borrow().clone();
             for (user_data, result, flags) in completions.drain(..) {
                 self.dispatch(user_data, result, flags, handler.as_deref());
-            }
-            if let Some(handler) = handler {
-                handler.turn_end();
             }
         }
     }
