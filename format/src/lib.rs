@@ -8,7 +8,10 @@
 pub mod checksum;
 pub mod key;
 pub mod manifest;
+pub mod protocol;
+pub mod route;
 pub mod table;
+pub mod ticket;
 pub mod version;
 pub mod wal;
 
