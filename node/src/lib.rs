@@ -4,9 +4,12 @@
 //! Later: the LSM, the cold tier, the server, the client library.
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod config;
 pub mod error;
 pub mod lsm;
 pub mod memtable;
+pub mod server;
 pub mod shard;
 pub mod sync;
 pub mod wal;

@@ -1,19 +1,25 @@
 //! `strata`: the Strata storage node.
 //!
-//! `strata serve` runs one shard per core, each pinned with its own WAL under the data
-//! directory, recovers them, and runs until SIGTERM or SIGINT, when it commits what it accepted
-//! and exits 0. `strata check-env` runs the start-up checks and prints what to fix.
+//! `strata serve` runs one shard per core, each on its own pinned thread with its own io_uring
+//! ring, WAL and tables under the data directory. Every shard accepts on the node's port
+//! (SO_REUSEPORT) and on its own port; requests for another shard's pkeys are forwarded to it by
+//! message. On SIGTERM or SIGINT it stops accepting, finishes what it admitted, commits, and
+//! exits 0. `strata check-env` runs the start-up checks and prints what to fix.
 
 use bpaf::Bpaf;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use strata_ioengine::envcheck::{EnvRequirements, check_environment};
-use strata_ioengine::executor::{
-    ExecutorSpec, IO_MEMORY_BYTES_DEFAULT, online_cpus, sleep, spawn_detached, spawn_pinned,
-};
-use strata_ioengine::{DmaDisk, SystemClock};
+use strata_ioengine::uring::net::{Net, NetLimits};
+use strata_ioengine::uring::{self, Priority, Remote};
+use strata_ioengine::{SystemClock, UringDisk};
+use strata_node::config::Config;
+use strata_node::server::admission::AdmissionLimits;
+use strata_node::server::metrics::{self, ShardMetrics};
+use strata_node::server::{Server, ServerOptions};
 use strata_node::{Shard, ShardOptions};
 
 #[global_allocator]
@@ -26,48 +32,110 @@ enum Command {
     /// Run the node: one pinned shard per core, until SIGTERM or SIGINT.
     #[bpaf(command)]
     Serve {
-        /// Data directory (created if missing).
-        #[bpaf(long("data-dir"), argument("DIR"), fallback(PathBuf::from("./strata-data")), debug_fallback)]
-        data_dir: PathBuf,
-        /// Number of shards (default: one per online CPU).
+        /// A TOML configuration file (kebab-case keys); without it, embedded defaults.
+        #[bpaf(long, argument("FILE"))]
+        config: Option<PathBuf>,
+        /// Check the configuration, print it, and exit.
+        #[bpaf(long("check-config"))]
+        check_config: bool,
+        /// Print a commented sample configuration (every key at its default) and exit.
+        #[bpaf(long("print-sample-config"))]
+        print_sample_config: bool,
+        /// Data directory (overrides the file).
+        #[bpaf(long("data-dir"), argument("DIR"))]
+        data_dir: Option<PathBuf>,
+        /// Number of shards (overrides the file; default one per online CPU).
         #[bpaf(long, argument("N"))]
         shards: Option<usize>,
-        /// Registered (locked) I/O memory per shard, in bytes.
-        #[bpaf(long("io-memory"), argument("BYTES"), fallback(IO_MEMORY_BYTES_DEFAULT), display_fallback)]
-        io_memory: usize,
+        /// Address every shard accepts on (overrides the file).
+        #[bpaf(long, argument("ADDR"))]
+        listen: Option<String>,
+        /// Shard i also listens on this port + i; 0 turns shard ports off (overrides the file).
+        #[bpaf(long("shard-port-base"), argument("PORT"))]
+        shard_port_base: Option<u16>,
+        /// Address of the Prometheus metrics endpoint; "" turns it off (overrides the file).
+        #[bpaf(long("status-listen"), argument("ADDR"))]
+        status_listen: Option<String>,
     },
-    /// Run the start-up checks (io_uring, memlock, O_DIRECT) and say what to fix.
+    /// Run the start-up checks (io_uring, O_DIRECT) and say what to fix.
     #[bpaf(command("check-env"))]
     CheckEnv {
         /// Data directory to check.
         #[bpaf(long("data-dir"), argument("DIR"), fallback(PathBuf::from("./strata-data")), debug_fallback)]
         data_dir: PathBuf,
-        /// Registered (locked) I/O memory per shard, in bytes.
-        #[bpaf(long("io-memory"), argument("BYTES"), fallback(IO_MEMORY_BYTES_DEFAULT), display_fallback)]
-        io_memory: usize,
     },
 }
 
 fn main() {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let code = match command().run() {
-        Command::Serve { data_dir, shards, io_memory } => serve(data_dir, shards, io_memory),
-        Command::CheckEnv { data_dir, io_memory } => {
-            let cpus = online_cpus().len();
-            if env_ok(&data_dir, io_memory * cpus) { 0 } else { 1 }
+        Command::Serve {
+            config,
+            check_config,
+            print_sample_config,
+            data_dir,
+            shards,
+            listen,
+            shard_port_base,
+            status_listen,
+        } => {
+            if print_sample_config {
+                print!("{}", Config::sample_toml());
+                std::process::exit(0);
+            }
+            let mut cfg = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(cfg) => cfg,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        std::process::exit(2);
+                    }
+                },
+                None => Config::default(),
+            };
+            if let Some(v) = data_dir {
+                cfg.data_dir = v;
+            }
+            if let Some(v) = shards {
+                cfg.shards = v;
+            }
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = shard_port_base {
+                cfg.shard_port_base = v;
+            }
+            if let Some(v) = status_listen {
+                cfg.status_listen = v;
+            }
+            if let Err(e) = cfg.validate() {
+                tracing::error!("{e}");
+                std::process::exit(2);
+            }
+            if check_config {
+                println!("configuration is valid");
+                std::process::exit(0);
+            }
+            serve(&cfg)
+        }
+        Command::CheckEnv { data_dir } => {
+            if env_ok(&data_dir) {
+                0
+            } else {
+                1
+            }
         }
     };
     std::process::exit(code);
 }
 
 /// Runs the start-up checks, printing each finding; true when all pass.
-fn env_ok(data_dir: &std::path::Path, memlock_bytes_needed: usize) -> bool {
-    let req = EnvRequirements {
-        memlock_bytes_needed: memlock_bytes_needed as u64,
-        direct_io_paths: vec![data_dir.to_path_buf()],
-    };
+fn env_ok(data_dir: &Path) -> bool {
+    // The uring runtime registers no memory, so the memlock limit does not matter.
+    let req = EnvRequirements { memlock_bytes_needed: 0, direct_io_paths: vec![data_dir.to_path_buf()] };
     let mut ok = true;
     for finding in check_environment(&req) {
         if finding.ok {
@@ -80,18 +148,67 @@ fn env_ok(data_dir: &std::path::Path, memlock_bytes_needed: usize) -> bool {
     ok
 }
 
-fn serve(data_dir: PathBuf, shards: Option<usize>, io_memory: usize) -> i32 {
-    let cpus = online_cpus();
-    let shard_count = shards.unwrap_or(cpus.len()).max(1);
-    if !env_ok(&data_dir, io_memory * shard_count) {
+/// Everything one shard thread needs.
+struct ShardPlan {
+    index: usize,
+    cpu: usize,
+    config: Arc<Config>,
+    server: ServerOptions,
+    metrics: Arc<ShardMetrics>,
+    listen: SocketAddr,
+    shard_port: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    remotes: std::sync::mpsc::Sender<(usize, Result<Remote, String>)>,
+    peers: Arc<OnceLock<Arc<Vec<Remote>>>>,
+}
+
+fn serve(cfg: &Config) -> i32 {
+    let cpus = strata_ioengine::executor::online_cpus();
+    let shard_count = if cfg.shards == 0 { cpus.len() } else { cfg.shards };
+    let listen: SocketAddr = match cfg.listen.parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!("listen = {:?} is not a socket address: {e}", cfg.listen);
+            return 2;
+        }
+    };
+    if !env_ok(&cfg.data_dir) {
         tracing::error!("start-up checks failed; fix the findings above and start again");
         return 1;
     }
-    let _lock = match lock_data_dir(&data_dir) {
+    let _lock = match lock_data_dir(&cfg.data_dir) {
         Ok(lock) => lock,
         Err(e) => {
             tracing::error!("{e}");
             return 1;
+        }
+    };
+    if let Err(e) = check_shard_count(&cfg.data_dir, shard_count) {
+        tracing::error!("{e}");
+        return 1;
+    }
+    let ticket_secret = match &cfg.ticket_secret_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(secret) if secret.len() >= strata_format::ticket::TICKET_SECRET_LEN_MIN => {
+                Some(Arc::<[u8]>::from(secret))
+            }
+            Ok(secret) => {
+                tracing::error!(
+                    "the ticket secret in {} is {} bytes; it must be at least {}",
+                    path.display(),
+                    secret.len(),
+                    strata_format::ticket::TICKET_SECRET_LEN_MIN
+                );
+                return 1;
+            }
+            Err(e) => {
+                tracing::error!("cannot read the ticket secret {}: {e}", path.display());
+                return 1;
+            }
+        },
+        None => {
+            tracing::warn!("no ticket secret configured: serving without tickets, on loopback only");
+            None
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,32 +218,89 @@ fn serve(data_dir: PathBuf, shards: Option<usize>, io_memory: usize) -> i32 {
             return 1;
         }
     }
-    tracing::warn!("this build serves no network requests yet: shards open, recover and wait for SIGTERM");
+    let config = Arc::new(cfg.clone());
+    let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shard_count).map(|_| Arc::default()).collect();
+    if !cfg.status_listen.is_empty()
+        && let Err(e) = start_status_endpoint(&cfg.status_listen, shard_metrics.clone())
+    {
+        tracing::error!("cannot serve metrics on {}: {e}", cfg.status_listen);
+        return 1;
+    }
+    let (remote_tx, remote_rx) = std::sync::mpsc::channel();
+    let peers = Arc::new(OnceLock::new());
     let mut handles = Vec::new();
     for index in 0..shard_count {
-        let cpu = cpus[index % cpus.len()];
-        let spec =
-            ExecutorSpec { name: format!("shard-{index}"), cpu, io_memory_bytes: io_memory, spin_before_park: None };
-        let dir = data_dir.join(format!("shard-{index}"));
-        let shard_stop = stop.clone();
-        match spawn_pinned(&spec, move || run_shard(index, dir, shard_stop)) {
+        let shard_port =
+            (cfg.shard_port_base != 0).then(|| SocketAddr::new(listen.ip(), cfg.shard_port_base + index as u16));
+        let plan = ShardPlan {
+            index,
+            cpu: cpus[index % cpus.len()],
+            config: config.clone(),
+            server: ServerOptions {
+                shard_index: index,
+                shard_count,
+                ticket_secret: ticket_secret.clone(),
+                admission: AdmissionLimits {
+                    inflight_requests_max: cfg.limits.shard_inflight_requests_max,
+                    inflight_bytes_max: cfg.limits.shard_inflight_bytes_max.0 as usize,
+                    queue_delay_max: cfg.admission.queue_delay_max.0,
+                    retry_after_min: cfg.admission.retry_after_min.0,
+                },
+                default_deadline: cfg.admission.default_deadline.0,
+                client_stall: cfg.limits.client_stall.0,
+            },
+            metrics: shard_metrics[index].clone(),
+            listen,
+            shard_port,
+            stop: stop.clone(),
+            remotes: remote_tx.clone(),
+            peers: peers.clone(),
+        };
+        let name = format!("shard-{index}");
+        match uring::spawn_pinned(&name, plan.cpu, move || run_shard(plan)) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
-                tracing::error!("{e}");
+                tracing::error!("cannot start {name}: {e}");
                 stop.store(true, Ordering::SeqCst);
             }
         }
     }
+    drop(remote_tx);
+    // Every shard hands in its remote handle; then each learns all of them.
+    let mut remotes: Vec<Option<Remote>> = (0..shard_count).map(|_| None).collect();
     let mut code = 0;
+    for _ in 0..handles.len() {
+        match remote_rx.recv() {
+            Ok((index, Ok(remote))) => remotes[index] = Some(remote),
+            Ok((index, Err(e))) => {
+                tracing::error!("shard {index}: {e}");
+                stop.store(true, Ordering::SeqCst);
+                code = 1;
+            }
+            Err(_) => break,
+        }
+    }
+    if remotes.iter().all(Option::is_some) {
+        let all: Vec<Remote> = remotes.into_iter().map(|r| r.expect("checked")).collect();
+        let _ = peers.set(Arc::new(all));
+        tracing::info!(shards = shard_count, %listen, shard_port_base = cfg.shard_port_base, "serving");
+    } else {
+        stop.store(true, Ordering::SeqCst);
+        code = 1;
+    }
     for handle in handles {
         match handle.join() {
-            Ok(Ok(())) => {}
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::error!("{e}");
+                code = 1;
+            }
             Ok(Err(e)) => {
                 tracing::error!("{e}");
                 code = 1;
             }
-            Err(e) => {
-                tracing::error!("{e}");
+            Err(_) => {
+                tracing::error!("a shard thread panicked");
                 code = 1;
             }
         }
@@ -134,8 +308,41 @@ fn serve(data_dir: PathBuf, shards: Option<usize>, io_memory: usize) -> i32 {
     code
 }
 
+/// The shard count is part of the data: buckets map to shards by it.
+fn check_shard_count(data_dir: &Path, shard_count: usize) -> Result<(), String> {
+    let path = data_dir.join("SHARDS");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: usize = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{} is damaged: {:?} is not a shard count", path.display(), text))?;
+            if recorded != shard_count {
+                return Err(format!(
+                    "{} was created with {recorded} shards and this start asks for {shard_count}; buckets cannot move \
+                     between shards yet, so start with --shards {recorded} (or shards = {recorded} in the config)",
+                    data_dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = data_dir.join("SHARDS.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut file, format!("{shard_count}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|e| format!("cannot record the shard count in {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 /// Holds `<data-dir>/LOCK` for the life of the process: one node per data directory.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
     let path = data_dir.join("LOCK");
     std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let file = std::fs::OpenOptions::new()
@@ -153,14 +360,47 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
     }
 }
 
-async fn run_shard(index: usize, dir: PathBuf, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let options = ShardOptions::new(&dir);
-    let (shard, report) = match Shard::open(DmaDisk, SystemClock, options).await {
+/// Serves `GET /metrics` (Prometheus text) from a thread of its own.
+fn start_status_endpoint(addr: &str, shards: Vec<Arc<ShardMetrics>>) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+    std::thread::Builder::new().name("status".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut request = [0u8; 1024];
+            let n = std::io::Read::read(&mut stream, &mut request).unwrap_or(0);
+            let head = String::from_utf8_lossy(&request[..n]);
+            let (status, body) = if head.starts_with("GET /metrics") || head.starts_with("GET / ") {
+                let mut body = String::from(metrics::families());
+                for (i, m) in shards.iter().enumerate() {
+                    m.render(&mut body, i);
+                }
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "try GET /metrics\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    })?;
+    Ok(())
+}
+
+async fn run_shard(plan: ShardPlan) -> Result<(), String> {
+    let index = plan.index;
+    let dir = plan.config.data_dir.join(format!("shard-{index}"));
+    let options: ShardOptions = plan.config.shard_options(&dir);
+    let opened = Shard::open(UringDisk, SystemClock, options).await;
+    let (shard, report) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            // One shard down means the node cannot serve its buckets: stop the others too.
-            stop.store(true, Ordering::SeqCst);
-            return Err(format!("shard {index}: {e}"));
+            let message = format!("shard {index}: {e}");
+            let _ = plan.remotes.send((index, Err(message.clone())));
+            return Err(message);
         }
     };
     tracing::info!(
@@ -174,17 +414,46 @@ async fn run_shard(index: usize, dir: PathBuf, stop: Arc<AtomicBool>) -> Result<
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(shard = index, file = %torn.file.display(), offset = torn.offset, reason = %torn.reason, "dropped a torn (never acknowledged) group commit at the WAL tail");
     }
-    spawn_detached(shard.background());
-    spawn_detached(shard.maintenance());
+    uring::spawn_detached(Priority::Foreground, shard.background());
+    uring::spawn_detached(Priority::Background, shard.maintenance());
+    let limits = &plan.config.limits;
+    let net = Net::install(NetLimits {
+        input_initial: 64 << 10,
+        input_max: limits.frame_max.0 as usize + strata_format::protocol::HEADER_SIZE,
+        output_max: limits.connection_output_max.0 as usize,
+        connections_max: limits.connections_max,
+    });
+    let server = Server::install(plan.server.clone(), shard.clone(), net.clone(), plan.metrics.clone());
+    let _ = plan.remotes.send((index, Ok(uring::remote())));
+    // Forwarding needs every shard's handle: wait for the others before accepting.
+    let peers = loop {
+        if let Some(peers) = plan.peers.get() {
+            break peers.clone();
+        }
+        if plan.stop.load(Ordering::SeqCst) {
+            shard.close().await;
+            return Ok(());
+        }
+        uring::sleep(Duration::from_millis(1)).await;
+    };
+    server.set_peers(peers);
+    net.listen(plan.listen, true).map_err(|e| format!("shard {index}: cannot listen on {}: {e}", plan.listen))?;
+    if let Some(addr) = plan.shard_port {
+        let listener = net.listen(addr, false).map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?;
+        server.set_shard_listener(listener);
+    }
+    uring::spawn_detached(Priority::Background, server.clone().upkeep());
     let mut ticks = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        sleep(Duration::from_millis(100)).await;
+    while !plan.stop.load(Ordering::SeqCst) {
+        uring::sleep(Duration::from_millis(50)).await;
         ticks += 1;
-        if ticks.is_multiple_of(50) {
+        if ticks.is_multiple_of(100) {
             // Time-based maintenance (settling and expiring windows) is found when it wakes.
             shard.wake_maintenance();
         }
     }
+    tracing::info!(shard = index, "stopping: no new connections, finishing admitted requests");
+    server.drain(Duration::from_secs(10)).await;
     shard.close().await;
     tracing::info!(shard = index, "shard closed cleanly");
     Ok(())

@@ -1,0 +1,649 @@
+//! The server of one shard: its connections' frames in, the shard's answers out.
+//!
+//! Each core runs one [`Server`] on its uring runtime. The network layer hands it the bytes
+//! each connection received; it cuts them into frames and, per frame:
+//! 1. checks the header (magic, checksum, version, limits) without touching the body;
+//! 2. asks [`Admission`] whether the request can start in time, refusing it at once with
+//!    OVERLOADED and a retry hint if not (no body parsing, no allocation);
+//! 3. checks the body, the connection's ticket, and the pkey's shard: a request for another
+//!    shard is forwarded to that shard's core by message (or refused with WRONG_SHARD on a
+//!    shard's own port, where clients are expected to know better);
+//! 4. serves it: the request's future is polled once at once, so memory hits are answered in the
+//!    same turn; a request that must wait for the disk or a group commit becomes a task, and all
+//!    such requests of one turn go to the ring together (one group commit for the writes, their
+//!    block reads submitted in one go).
+//!
+//! Invariant: every admitted request is finished in [`Admission`] exactly once, answered or not.
+//! Invariant: a response goes to the connection (and request id) that asked, or nowhere if that
+//! connection closed meanwhile.
+
+pub mod admission;
+pub mod metrics;
+
+use admission::{Admission, AdmissionLimits};
+use metrics::ShardMetrics;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+use strata_format::key::bucket_of;
+use strata_format::protocol::{
+    self, FrameHeader, HEADER_SIZE, Header, MGetWriter, MPutWriter, ProtocolError, ReplyTo, Request, ScanWriter, Status,
+};
+use strata_format::route::shard_of;
+use strata_format::ticket::Ticket;
+use strata_ioengine::uring::net::{ConnId, Net, NetHandler};
+use strata_ioengine::uring::{self, Priority as TaskPriority, Remote};
+use strata_ioengine::{SystemClock, UringDisk};
+
+use crate::error::WriteError;
+use crate::shard::{ReadError, Shard};
+
+/// The shard type a server serves.
+pub type NodeShard = Shard<UringDisk, SystemClock>;
+
+/// How a server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub shard_index: usize,
+    pub shard_count: usize,
+    /// Tickets are required when a secret is set.
+    pub ticket_secret: Option<Arc<[u8]>>,
+    pub admission: AdmissionLimits,
+    /// Used for requests that carry no deadline.
+    pub default_deadline: Duration,
+    /// A connection whose peer reads nothing this long is closed.
+    pub client_stall: Duration,
+}
+
+/// Where a response goes: a connection of this core, or one of another core (forwarded).
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Local(ConnId),
+    Remote { origin: usize, conn: ConnId },
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    ticket: Option<Rc<Ticket>>,
+    /// Accepted on this shard's own port: requests for other shards are refused, not forwarded.
+    shard_port: bool,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<Server>>> = const { RefCell::new(None) };
+}
+
+fn with_local(f: impl FnOnce(&Rc<Server>)) {
+    let server = LOCAL.with(|l| l.borrow().clone());
+    if let Some(server) = server {
+        f(&server);
+    }
+}
+
+/// Verified tickets, by their bytes, so each is checked once (until it expires).
+const TICKET_CACHE_MAX: usize = 4096;
+
+/// One shard's server.
+pub struct Server {
+    options: ServerOptions,
+    shard: NodeShard,
+    net: Rc<Net>,
+    peers: RefCell<Arc<Vec<Remote>>>,
+    /// Listener index of this shard's own port (if any).
+    shard_listener: Cell<Option<usize>>,
+    conns: RefCell<HashMap<ConnId, ConnState>>,
+    admission: RefCell<Admission>,
+    metrics: Arc<ShardMetrics>,
+    tickets: RefCell<HashMap<Vec<u8>, Rc<Ticket>>>,
+    draining: Cell<bool>,
+    /// The time the current turn's frames arrived (read once per receive).
+    turn_now: Cell<Instant>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("shard", &self.options.shard_index).finish()
+    }
+}
+
+impl Server {
+    /// A server for `shard` on the current runtime's network `net`; installs itself as the
+    /// network's handler and as this thread's server (for forwarded requests).
+    pub fn install(options: ServerOptions, shard: NodeShard, net: Rc<Net>, metrics: Arc<ShardMetrics>) -> Rc<Self> {
+        let server = Rc::new(Self {
+            admission: RefCell::new(Admission::new(options.admission)),
+            options,
+            shard,
+            net: net.clone(),
+            peers: RefCell::new(Arc::new(Vec::new())),
+            shard_listener: Cell::new(None),
+            conns: RefCell::default(),
+            metrics,
+            tickets: RefCell::default(),
+            draining: Cell::new(false),
+            turn_now: Cell::new(Instant::now()),
+        });
+        net.set_handler(server.clone());
+        LOCAL.with(|l| *l.borrow_mut() = Some(server.clone()));
+        server
+    }
+
+    /// Every shard's remote handle, indexed by shard (this one included).
+    pub fn set_peers(&self, peers: Arc<Vec<Remote>>) {
+        assert_eq!(peers.len(), self.options.shard_count, "one peer per shard");
+        *self.peers.borrow_mut() = peers;
+    }
+
+    /// Marks a listener as this shard's own port.
+    pub fn set_shard_listener(&self, listener: usize) {
+        self.shard_listener.set(Some(listener));
+    }
+
+    #[must_use]
+    pub fn net(&self) -> &Rc<Net> {
+        &self.net
+    }
+
+    /// Stops accepting; requests in flight complete. Returns when none is left (or `grace`
+    /// passed).
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.set(true);
+        self.net.stop_listening();
+        let start = Instant::now();
+        while self.admission.borrow().inflight_requests() > 0 && start.elapsed() < grace {
+            uring::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Periodic upkeep: closes stalled connections and copies shard counters into metrics.
+    pub async fn upkeep(self: Rc<Self>) {
+        while !self.draining.get() {
+            uring::sleep(Duration::from_millis(500)).await;
+            self.net.close_stalled(self.options.client_stall);
+            let stats = self.shard.stats();
+            let m = &self.metrics;
+            m.wal_fsyncs.store(stats.fsyncs, Relaxed);
+            m.wal_batches.store(stats.batches, Relaxed);
+            m.wal_bytes_written.store(stats.wal_bytes_written, Relaxed);
+            m.writes_acked.store(stats.writes_acked, Relaxed);
+            m.flush_bytes_written.store(stats.flush_bytes_written, Relaxed);
+            m.compaction_bytes_written.store(stats.compaction_bytes_written, Relaxed);
+            m.compaction_bytes_read.store(stats.compaction_bytes_read, Relaxed);
+            let (hits, misses, _) = self.shard.cache_stats();
+            m.block_cache_hits.store(hits, Relaxed);
+            m.block_cache_misses.store(misses, Relaxed);
+            m.open_connections.store(self.net.stats().open_connections as u64, Relaxed);
+        }
+    }
+
+    fn respond(&self, reply: Reply, status: Status, write: impl FnOnce(&mut Vec<u8>)) {
+        self.metrics.response(status);
+        match reply {
+            Reply::Local(conn) => {
+                self.net.send_with(conn, write);
+            }
+            Reply::Remote { origin, conn } => {
+                let mut bytes = Vec::with_capacity(64);
+                write(&mut bytes);
+                let peers = self.peers.borrow().clone();
+                peers[origin].run(move || {
+                    with_local(|server| {
+                        server.net.send(conn, &bytes);
+                    });
+                });
+            }
+        }
+    }
+
+    fn fail(&self, reply: Reply, to: ReplyTo, status: Status, message: &str) {
+        self.respond(reply, status, |out| protocol::encode_failure(out, to, status, message));
+    }
+
+    /// Handles the frames at the start of `input`; returns the bytes consumed.
+    fn on_input(self: &Rc<Self>, conn: ConnId, input: &[u8]) -> usize {
+        self.metrics.bytes_received.fetch_add(input.len() as u64, Relaxed);
+        self.turn_now.set(Instant::now());
+        let mut consumed = 0;
+        while let Some(header_bytes) = input[consumed..].first_chunk::<HEADER_SIZE>() {
+            let header = match FrameHeader::decode(header_bytes) {
+                Ok(header) => header,
+                Err(error) => return consumed + self.refuse_header(conn, header_bytes, &input[consumed..], &error),
+            };
+            let frame_len = HEADER_SIZE + header.body_len as usize;
+            if header.response {
+                self.metrics.bad_frames.fetch_add(1, Relaxed);
+                self.net.close(conn, "the peer sent a response frame to the server");
+                return input.len();
+            }
+            let Some(body) = input[consumed + HEADER_SIZE..].get(..header.body_len as usize) else {
+                break; // Wait for the rest of the frame; the network grows the buffer as it comes.
+            };
+            self.on_frame(Reply::Local(conn), conn, header, body);
+            consumed += frame_len;
+        }
+        consumed
+    }
+
+    /// A header that failed its checks: answer it if it can be answered, and close the
+    /// connection if the stream cannot be trusted to be in step. Returns bytes consumed.
+    fn refuse_header(
+        &self,
+        conn: ConnId,
+        header_bytes: &[u8; HEADER_SIZE],
+        rest: &[u8],
+        error: &ProtocolError,
+    ) -> usize {
+        self.metrics.bad_frames.fetch_add(1, Relaxed);
+        let reason = format!("bad frame header: {error}");
+        let Some(to) = FrameHeader::peek_reply_to(header_bytes) else {
+            tracing::debug!(conn, "{reason}; closing");
+            self.net.close(conn, &reason);
+            return rest.len();
+        };
+        let status = error.status();
+        let body_len = u32::from_le_bytes(header_bytes[12..16].try_into().expect("4 bytes")) as usize;
+        if matches!(error, ProtocolError::BodyTooLarge { .. }) || body_len > protocol::FRAME_BODY_MAX as usize {
+            // The body will not be read: answer, then close, since the stream is out of step.
+            self.metrics.response(status);
+            self.net.send_with(conn, |out| protocol::encode_failure(out, to, status, &reason));
+            self.net.close_after_send(conn, &reason);
+            return rest.len();
+        }
+        if rest.len() < HEADER_SIZE + body_len {
+            return 0; // The frame is still in step: skip its body once it is here.
+        }
+        self.metrics.response(status);
+        self.net.send_with(conn, |out| protocol::encode_failure(out, to, status, &reason));
+        HEADER_SIZE + body_len
+    }
+
+    fn on_frame(self: &Rc<Self>, reply: Reply, conn: ConnId, header: Header, body: &[u8]) {
+        self.metrics.request(header.opcode);
+        let to = header.reply_to();
+        if let Err(error) = protocol::check_body(&header, body) {
+            self.metrics.bad_frames.fetch_add(1, Relaxed);
+            return self.fail(reply, to, error.status(), &error.to_string());
+        }
+        if self.draining.get() {
+            // The node is shutting down: another node (or this one, restarted) will serve it.
+            let retry_us = 100_000;
+            return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+        }
+        let request = match protocol::decode_request(&header, body) {
+            Ok(request) => request,
+            Err(error) => return self.fail(reply, to, error.status(), &error.to_string()),
+        };
+        match request {
+            Request::Ping { echo } => {
+                return self.respond(reply, Status::Ok, |out| protocol::encode_pong(out, to, echo));
+            }
+            Request::Auth { ticket } => return self.authenticate(conn, to, ticket),
+            Request::Stats => {
+                let text = self.stats_text();
+                return self.respond(reply, Status::Ok, |out| protocol::encode_stats_text(out, to, &text));
+            }
+            _ => {}
+        }
+        // Every other request names pkeys: check them against the ticket and find their shard.
+        let (target, denied) = self.route_and_check(conn, &request);
+        if let Some(pkey) = denied {
+            let message = format!("the connection's ticket does not allow pkey {}", String::from_utf8_lossy(pkey));
+            return self.fail(reply, to, Status::Unauthorized, &message);
+        }
+        let target = match target {
+            Ok(target) => target,
+            Err(message) => return self.fail(reply, to, Status::BadRequest, message),
+        };
+        if target != self.options.shard_index {
+            let shard_port = self.conns.borrow().get(&conn).is_some_and(|c| c.shard_port);
+            if shard_port {
+                let message = format!("pkey belongs to shard {target}");
+                return self.respond(reply, Status::WrongShard, |out| {
+                    protocol::encode_wrong_shard(out, to, target as u16, &message);
+                });
+            }
+            return self.forward(conn, target, header, body);
+        }
+        self.admit_and_serve(reply, header, body);
+    }
+
+    /// The shard all pkeys of `request` belong to, and the first pkey the ticket denies.
+    fn route_and_check<'a>(
+        &self,
+        conn: ConnId,
+        request: &Request<'a>,
+    ) -> (Result<usize, &'static str>, Option<&'a [u8]>) {
+        let ticket = if self.options.ticket_secret.is_some() {
+            match self.conns.borrow().get(&conn).and_then(|c| c.ticket.clone()) {
+                Some(ticket) => Some(ticket),
+                None => return (Ok(self.options.shard_index), Some(request.pkey().unwrap_or(b"(any)"))),
+            }
+        } else {
+            None
+        };
+        let shard_count = self.options.shard_count as u16;
+        let mut target: Option<usize> = None;
+        let mut check = |pkey: &'a [u8]| -> Result<Option<&'a [u8]>, &'static str> {
+            if let Some(ticket) = &ticket
+                && !ticket.allows(pkey)
+            {
+                return Ok(Some(pkey));
+            }
+            let shard = usize::from(shard_of(bucket_of(pkey), shard_count));
+            match target {
+                None => target = Some(shard),
+                Some(t) if t != shard => {
+                    return Err("the items of a batch belong to different shards; split it by shard");
+                }
+                Some(_) => {}
+            }
+            Ok(None)
+        };
+        let mut outcome = Ok(None);
+        match request {
+            Request::MGet(items) => {
+                for key in items.iter() {
+                    outcome = check(key.pkey);
+                    if !matches!(outcome, Ok(None)) {
+                        break;
+                    }
+                }
+            }
+            Request::MPut(items) => {
+                for put in items.iter() {
+                    outcome = check(put.pkey);
+                    if !matches!(outcome, Ok(None)) {
+                        break;
+                    }
+                }
+            }
+            other => {
+                if let Some(pkey) = other.pkey() {
+                    outcome = check(pkey);
+                }
+            }
+        }
+        match outcome {
+            Ok(Some(denied)) => (Ok(self.options.shard_index), Some(denied)),
+            Ok(None) => (Ok(target.unwrap_or(self.options.shard_index)), None),
+            Err(message) => (Err(message), None),
+        }
+    }
+
+    fn authenticate(&self, conn: ConnId, to: ReplyTo, bytes: &[u8]) {
+        let reply = Reply::Local(conn);
+        let Some(secret) = self.options.ticket_secret.clone() else {
+            return self.respond(reply, Status::Ok, |out| protocol::encode_authenticated(out, to));
+        };
+        let now_s = SystemClock::now_us_static() / 1_000_000;
+        let cached = self.tickets.borrow().get(bytes).cloned();
+        let verified = match cached {
+            Some(ticket) if ticket.expires_at_s > now_s => Ok(ticket),
+            _ => Ticket::verify(bytes, &secret, now_s).map(Rc::new),
+        };
+        match verified {
+            Ok(ticket) => {
+                let mut cache = self.tickets.borrow_mut();
+                if cache.len() >= TICKET_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(bytes.to_vec(), ticket.clone());
+                drop(cache);
+                self.conns.borrow_mut().entry(conn).or_default().ticket = Some(ticket);
+                self.respond(reply, Status::Ok, |out| protocol::encode_authenticated(out, to));
+            }
+            Err(error) => {
+                tracing::info!(conn, "ticket refused: {error}");
+                self.fail(reply, to, Status::Unauthorized, &format!("ticket refused: {error}"));
+            }
+        }
+    }
+
+    /// Sends a request to the shard that owns its pkeys; its answer comes back by message.
+    fn forward(&self, conn: ConnId, target: usize, header: Header, body: &[u8]) {
+        self.metrics.forwarded.fetch_add(1, Relaxed);
+        let origin = self.options.shard_index;
+        let body = body.to_vec();
+        let peers = self.peers.borrow().clone();
+        peers[target].run(move || {
+            with_local(|server| {
+                server.turn_now.set(Instant::now());
+                server.admit_and_serve(Reply::Remote { origin, conn }, header, &body);
+            });
+        });
+    }
+
+    fn admit_and_serve(self: &Rc<Self>, reply: Reply, header: Header, body: &[u8]) {
+        let to = header.reply_to();
+        let bytes = HEADER_SIZE + body.len();
+        let deadline_us = if header.deadline_us == 0 {
+            self.options.default_deadline.as_micros().min(u128::from(u32::MAX)) as u32
+        } else {
+            header.deadline_us
+        };
+        if let Err((refusal, retry)) = self.admission.borrow_mut().admit(header.priority, bytes, deadline_us) {
+            self.metrics.rejection(refusal);
+            let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
+            return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+        }
+        self.metrics.inflight_requests.fetch_add(1, Relaxed);
+        let arrival = self.turn_now.get();
+        let server = self.clone();
+        let body = body.to_vec();
+        let mut future = Box::pin(async move {
+            server.serve(reply, header, &body, arrival, deadline_us).await;
+            server.admission.borrow_mut().finish(bytes);
+            server.metrics.inflight_requests.fetch_sub(1, Relaxed);
+        });
+        // Memory hits complete on the first poll: answered in this turn, with no task.
+        if future.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
+            uring::spawn_detached(TaskPriority::Foreground, future);
+        }
+    }
+
+    async fn serve(&self, reply: Reply, header: Header, body: &[u8], arrival: Instant, deadline_us: u32) {
+        let to = header.reply_to();
+        let started = Instant::now();
+        if let Err(refusal) = self.admission.borrow_mut().start(arrival, deadline_us, started) {
+            self.metrics.rejection(refusal);
+            let retry_us = self.admission.borrow().retry_after().as_micros() as u32;
+            return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+        }
+        self.metrics.queue_delay.record(started.saturating_duration_since(arrival).as_micros() as u64);
+        let request = protocol::decode_request(&header, body).expect("the body was decoded before it was admitted");
+        let write =
+            matches!(request, Request::Put(_) | Request::Delete(_) | Request::DeleteRange { .. } | Request::MPut(_));
+        match request {
+            Request::Put(put) => {
+                let result = self.shard.put(put.pkey, put.ts, put.value).await;
+                self.answer_write(reply, to, result);
+            }
+            Request::Delete(key) => {
+                let result = self.shard.delete(key.pkey, key.ts).await;
+                self.answer_write(reply, to, result);
+            }
+            Request::DeleteRange { pkey, ts_from, ts_to } => {
+                let result = self.shard.delete_range(pkey, ts_from, ts_to).await;
+                self.answer_write(reply, to, result);
+            }
+            Request::Get(key) => match self.shard.get(key.pkey, key.ts).await {
+                Ok(Some((version, value))) => {
+                    self.respond(reply, Status::Ok, |out| protocol::encode_value(out, to, version, &value));
+                }
+                Ok(None) => self.respond(reply, Status::NotFound, |out| protocol::encode_not_found(out, to)),
+                Err(error) => self.answer_read_error(reply, to, &error),
+            },
+            Request::GetIfNewer { key, version: held } => match self.shard.get(key.pkey, key.ts).await {
+                Ok(Some((version, _))) if version <= held => {
+                    self.respond(reply, Status::NotModified, |out| protocol::encode_not_modified(out, to, version));
+                }
+                Ok(Some((version, value))) => {
+                    self.respond(reply, Status::Ok, |out| protocol::encode_value(out, to, version, &value));
+                }
+                Ok(None) => self.respond(reply, Status::NotFound, |out| protocol::encode_not_found(out, to)),
+                Err(error) => self.answer_read_error(reply, to, &error),
+            },
+            Request::Scan(scan) => {
+                match self.shard.scan(scan.pkey, scan.ts_from, scan.ts_to, scan.limit as usize, scan.newest_first).await
+                {
+                    Ok(entries) => self.respond(reply, Status::Ok, |out| {
+                        let mut writer = ScanWriter::begin(out, to);
+                        let mut truncated = false;
+                        for entry in &entries {
+                            if !writer.push(entry.ts, entry.version, &entry.value) {
+                                truncated = true;
+                                break;
+                            }
+                        }
+                        writer.finish(truncated);
+                    }),
+                    Err(error) => self.answer_read_error(reply, to, &error),
+                }
+            }
+            Request::MGet(items) => {
+                // Every item's block reads go to the ring together.
+                let results = join_all(items.iter().map(|key| self.shard.get(key.pkey, key.ts)).collect()).await;
+                self.respond(reply, Status::Ok, |out| {
+                    let mut writer = MGetWriter::begin(out, to);
+                    for result in &results {
+                        match result {
+                            Ok(Some((version, value))) => {
+                                if !writer.push_value(*version, value) {
+                                    writer.push_status(Status::TooLarge);
+                                }
+                            }
+                            Ok(None) => writer.push_status(Status::NotFound),
+                            Err(ReadError::BadKey(_)) => writer.push_status(Status::BadRequest),
+                            Err(ReadError::Table(_)) => writer.push_status(Status::Corrupted),
+                        }
+                    }
+                    writer.finish();
+                });
+            }
+            Request::MPut(items) => {
+                // All puts enter the same group commit before any is awaited.
+                let results =
+                    join_all(items.iter().map(|put| self.shard.put(put.pkey, put.ts, put.value)).collect()).await;
+                self.respond(reply, Status::Ok, |out| {
+                    let mut writer = MPutWriter::begin(out, to);
+                    for result in &results {
+                        match result {
+                            Ok(version) => writer.push(Status::Ok, *version),
+                            Err(error) => writer.push(write_status(error), 0),
+                        }
+                    }
+                    writer.finish();
+                });
+            }
+            Request::Ping { .. } | Request::Auth { .. } | Request::Stats => {
+                unreachable!("answered before admission")
+            }
+        }
+        let elapsed_us = arrival.elapsed().as_micros() as u64;
+        if write {
+            self.metrics.latency_write.record(elapsed_us);
+        } else {
+            self.metrics.latency_read.record(elapsed_us);
+        }
+    }
+
+    fn answer_write(&self, reply: Reply, to: ReplyTo, result: Result<u64, WriteError>) {
+        match result {
+            Ok(version) => self.respond(reply, Status::Ok, |out| protocol::encode_written(out, to, version)),
+            Err(WriteError::MemoryBudget { .. } | WriteError::DiskFull { .. }) => {
+                // Transient: the client retries after a flush frees memory or space.
+                let retry_us = 10_000;
+                self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+            }
+            Err(error) => self.fail(reply, to, write_status(&error), &error.to_string()),
+        }
+    }
+
+    fn answer_read_error(&self, reply: Reply, to: ReplyTo, error: &ReadError) {
+        let status = match error {
+            ReadError::BadKey(_) => Status::BadRequest,
+            ReadError::Table(crate::lsm::table::TableError::Corrupted { .. }) => Status::Corrupted,
+            ReadError::Table(_) => Status::Internal,
+        };
+        self.fail(reply, to, status, &error.to_string());
+    }
+
+    fn stats_text(&self) -> String {
+        let stats = self.shard.stats();
+        let (hits, misses, _) = self.shard.cache_stats();
+        let (tables, table_bytes) = self.shard.table_stats();
+        format!(
+            "shard {}\nshard_count {}\nwrites_acked {}\nfsyncs {}\nbatches {}\ntables {tables}\ntable_bytes {table_bytes}\n\
+             memtable_bytes {}\nblock_cache_hits {hits}\nblock_cache_misses {misses}\ninflight_requests {}\n\
+             queue_delay_avg_us {}\nopen_connections {}\nread_only {}\n",
+            self.options.shard_index,
+            self.options.shard_count,
+            stats.writes_acked,
+            stats.fsyncs,
+            stats.batches,
+            self.shard.memtable_bytes(),
+            self.admission.borrow().inflight_requests(),
+            self.admission.borrow().queue_delay_avg().as_micros(),
+            self.net.stats().open_connections,
+            self.shard.read_only_reason().unwrap_or_else(|| "no".into()),
+        )
+    }
+}
+
+/// Runs futures concurrently on this task and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
+}
+
+fn write_status(error: &WriteError) -> Status {
+    match error {
+        WriteError::BadKey(_)
+        | WriteError::BadRange { .. }
+        | WriteError::Expired { .. }
+        | WriteError::FutureTimestamp { .. } => Status::BadRequest,
+        WriteError::ValueTooLarge { .. } => Status::TooLarge,
+        WriteError::ReadOnly { .. } | WriteError::NotWritten { .. } => Status::ReadOnly,
+        WriteError::MemoryBudget { .. } | WriteError::DiskFull { .. } => Status::Overloaded,
+        WriteError::UnknownOutcome { .. } => Status::UnknownOutcome,
+    }
+}
+
+impl NetHandler for Server {
+    fn accepted(&self, conn: ConnId, listener: usize) {
+        self.metrics.connections_accepted.fetch_add(1, Relaxed);
+        let shard_port = self.shard_listener.get() == Some(listener);
+        self.conns.borrow_mut().insert(conn, ConnState { ticket: None, shard_port });
+    }
+
+    fn received(&self, conn: ConnId, input: &[u8]) -> usize {
+        // The handler is registered through an Rc; recover it to hand clones to tasks.
+        let server = LOCAL.with(|l| l.borrow().clone()).expect("the server is installed on its thread");
+        server.on_input(conn, input)
+    }
+
+    fn closed(&self, conn: ConnId, reason: &str) {
+        self.metrics.connections_closed.fetch_add(1, Relaxed);
+        self.conns.borrow_mut().remove(&conn);
+        tracing::debug!(shard = self.options.shard_index, conn, "connection closed: {reason}");
+    }
+}
