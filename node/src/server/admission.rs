@@ -181,12 +181,19 @@ mod tests {
         a.finish(1);
         for _ in 0..50 {
             a.admit(Priority::Low, 1, 0).unwrap();
-            let _ = a.start(arrival, 0, now);
+        }
+        for _ in 0..50 {
+            a.start(arrival, 0, now).unwrap();
         }
         let (why, retry) = a.admit(Priority::Low, 1, 0).unwrap_err();
         assert_eq!(why, Refusal::QueueDelay);
         assert!(retry >= Duration::from_millis(10), "{retry:?}");
         // A tight deadline is refused even at the highest priority when the queue is long.
         assert_eq!(a.admit(Priority::Highest, 1, 1_000).unwrap_err().0, Refusal::QueueDelay);
+        // Once nothing is in flight, nothing is queued: requests are admitted again.
+        for _ in 0..50 {
+            a.finish(1);
+        }
+        a.admit(Priority::Lowest, 1, 1_000).unwrap();
     }
 }
