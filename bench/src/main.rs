@@ -1,10 +1,14 @@
 //! `strata-bench`: Strata's bench suite. Every workload runs beside a peer or a physical limit
 //! measured by the same harness in the same run, and reports ratios.
 
+mod compare;
 mod devstat;
 mod engine_get;
 mod engine_put;
 mod fio;
+mod loadgen;
+mod overload;
+mod servers;
 
 use bpaf::Bpaf;
 use std::path::PathBuf;
@@ -69,11 +73,129 @@ enum Command {
         #[bpaf(long)]
         json: bool,
     },
+    /// Strata against redis-server over the network: durable PUT vs SET, GET vs GET, server CPU
+    /// per request, with and without a CPU quota on the server.
+    #[bpaf(command("compare"))]
+    Compare {
+        #[bpaf(external(net_args))]
+        net: NetArgs,
+        /// Pipeline depth per connection.
+        #[bpaf(long, argument("N"), fallback(1), display_fallback)]
+        depth: usize,
+        /// CPU quota for the quota runs, percent of one core (0: skip them).
+        #[bpaf(long("quota-percent"), argument("PERCENT"), fallback(50), display_fallback)]
+        quota_percent: u32,
+        /// Print one JSON object naming every figure.
+        #[bpaf(long)]
+        json: bool,
+    },
+    /// One load against a running server: throughput and latency.
+    #[bpaf(command("load"))]
+    Load {
+        #[bpaf(external(load_args))]
+        load: LoadArgs,
+    },
+    /// Open-loop overload at 1x, 2x, 5x and 10x of measured capacity, disk-bound (SSD gets) and
+    /// CPU-bound (memory gets), with and without client back-off.
+    #[bpaf(command("overload"))]
+    Overload {
+        #[bpaf(external(net_args))]
+        net: NetArgs,
+        /// CPU quota of the server, percent of one core, so the generator can offer 10x.
+        #[bpaf(long("quota-percent"), argument("PERCENT"), fallback(20), display_fallback)]
+        quota_percent: u32,
+        /// Seconds of the RSS watch at 10x.
+        #[bpaf(long("rss-seconds"), argument("SECONDS"), fallback(30.0), display_fallback)]
+        rss_seconds: f64,
+        /// Entries for the disk-bound workload (beyond the memory budget).
+        #[bpaf(long("disk-keys"), argument("N"), fallback(2_000_000), display_fallback)]
+        disk_keys: u64,
+        /// Print one JSON object naming every figure.
+        #[bpaf(long)]
+        json: bool,
+    },
+}
+
+/// One load against a running server (for exploring; the reports come from `compare`).
+#[derive(Debug, Clone, Bpaf)]
+struct LoadArgs {
+    /// Server address.
+    #[bpaf(long, argument("ADDR"))]
+    addr: std::net::SocketAddr,
+    /// Speak RESP (redis) instead of Strata's native protocol.
+    #[bpaf(long)]
+    resp: bool,
+    /// Send GETs instead of PUTs.
+    #[bpaf(long)]
+    get: bool,
+    #[bpaf(long, argument("N"), fallback(50))]
+    connections: usize,
+    #[bpaf(long, argument("N"), fallback(1))]
+    depth: usize,
+    #[bpaf(long, argument("N"), fallback(100_000))]
+    keys: u64,
+    #[bpaf(long, argument("SECONDS"), fallback(5.0))]
+    seconds: f64,
+    /// Open loop at this rate (requests/s) instead of closed loop.
+    #[bpaf(long, argument("PER_S"))]
+    rate: Option<f64>,
+    /// Core to pin the generator to.
+    #[bpaf(long("generator-cpu"), argument("CPU"), fallback(1))]
+    generator_cpu: usize,
+}
+
+/// What network workloads share.
+#[derive(Debug, Clone, Bpaf)]
+struct NetArgs {
+    /// Directory for the servers' data (removed afterwards).
+    #[bpaf(long, argument("DIR"), fallback(PathBuf::from("./strata-bench-data")), debug_fallback)]
+    dir: PathBuf,
+    /// Core the server is pinned to.
+    #[bpaf(long("server-cpu"), argument("CPU"), fallback(0), display_fallback)]
+    server_cpu: usize,
+    /// Core the load generator is pinned to.
+    #[bpaf(long("generator-cpu"), argument("CPU"), fallback(1), display_fallback)]
+    generator_cpu: usize,
+    /// Connections.
+    #[bpaf(long, argument("N"), fallback(50), display_fallback)]
+    connections: usize,
+    /// Distinct keys.
+    #[bpaf(long, argument("N"), fallback(1_000_000), display_fallback)]
+    keys: u64,
+    /// Value size in bytes.
+    #[bpaf(long("value-bytes"), argument("BYTES"), fallback(100), display_fallback)]
+    value_bytes: usize,
+    /// Measured seconds per row.
+    #[bpaf(long, argument("SECONDS"), fallback(10.0), display_fallback)]
+    seconds: f64,
 }
 
 /// One JSON object naming every figure, or the human-readable summary.
 fn render<R: serde::Serialize>(report: &R, json: bool, summary: fn(&R) -> String) -> String {
     if json { serde_json::to_string_pretty(report).expect("the report serializes") } else { summary(report) }
+}
+
+impl LoadArgs {
+    fn into_spec(self) -> (loadgen::LoadSpec, usize) {
+        let spec = loadgen::LoadSpec {
+            addr: self.addr,
+            proto: if self.resp { loadgen::Proto::Resp } else { loadgen::Proto::Native },
+            op: if self.get { loadgen::Op::Get } else { loadgen::Op::Put },
+            keys: loadgen::Keys::Uniform(self.keys),
+            value_bytes: 100,
+            connections: self.connections,
+            arrival: match self.rate {
+                Some(rate) => loadgen::Arrival::Open { rate, poisson: true },
+                None => loadgen::Arrival::Closed { depth: self.depth },
+            },
+            seconds: self.seconds,
+            deadline: std::time::Duration::from_secs(1),
+            priority: strata_format::protocol::Priority::High,
+            seed: 1,
+            backoff: false,
+        };
+        (spec, self.generator_cpu)
+    }
 }
 
 fn main() {
@@ -100,6 +222,36 @@ fn main() {
                 db_bench: !no_db_bench,
             };
             engine_get::run(&args).map(|report| render(&report, json, engine_get::summary))
+        }
+        Command::Load { load } => loadgen::run_once(&load.into_spec()),
+        Command::Compare { net, depth, quota_percent, json } => {
+            let args = compare::Args {
+                dir: net.dir,
+                server_cpu: net.server_cpu,
+                generator_cpu: net.generator_cpu,
+                connections: net.connections,
+                depth,
+                keys: net.keys,
+                value_bytes: net.value_bytes,
+                seconds: net.seconds,
+                quota_percent: (quota_percent > 0).then_some(quota_percent),
+            };
+            compare::run(&args).map(|report| render(&report, json, compare::summary))
+        }
+        Command::Overload { net, quota_percent, rss_seconds, disk_keys, json } => {
+            let args = overload::Args {
+                dir: net.dir,
+                server_cpu: net.server_cpu,
+                generator_cpu: net.generator_cpu,
+                connections: net.connections,
+                memory_keys: net.keys,
+                disk_keys,
+                value_bytes: net.value_bytes,
+                seconds: net.seconds,
+                quota_percent,
+                rss_seconds,
+            };
+            overload::run(&args).map(|report| render(&report, json, overload::summary))
         }
         Command::EnginePut { dir, cpu, writers, value_bytes, seconds, json } => {
             let args = engine_put::Args { dir, cpu, writers, value_bytes, seconds };

@@ -212,10 +212,10 @@ impl Config {
         })
     }
 
-    /// The number of shards to run: `shards`, or one per online CPU when it is 0.
+    /// The number of shards to run: `shards`, or one per CPU this process may use when it is 0.
     #[must_use]
     pub fn shard_count(&self) -> usize {
-        if self.shards == 0 { strata_ioengine::executor::online_cpus().len().max(1) } else { self.shards }
+        if self.shards == 0 { strata_ioengine::uring::allowed_cpus().len().max(1) } else { self.shards }
     }
 
     /// The address clients connect to, read from `listen`.

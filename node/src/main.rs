@@ -163,8 +163,10 @@ struct ShardPlan {
 }
 
 fn serve(cfg: &Config) -> i32 {
-    let cpus = strata_ioengine::executor::online_cpus();
-    let shard_count = if cfg.shards == 0 { cpus.len() } else { cfg.shards };
+    // Shards go on the CPUs this process may use (all online CPUs, unless `taskset` or a cpuset
+    // says otherwise), one per CPU by default.
+    let cpus = uring::allowed_cpus();
+    let shard_count = cfg.shard_count();
     let listen: SocketAddr = match cfg.listen.parse() {
         Ok(addr) => addr,
         Err(e) => {

@@ -212,7 +212,16 @@ impl Server {
         while let Some(header_bytes) = input[consumed..].first_chunk::<HEADER_SIZE>() {
             let header = match FrameHeader::decode(header_bytes) {
                 Ok(header) => header,
-                Err(error) => return consumed + self.refuse_header(conn, header_bytes, &input[consumed..], &error),
+                Err(error) => {
+                    // Answered and skipped (in step): go on with the frames behind it. Waiting
+                    // for its body (0), or closing (all consumed): stop here.
+                    let used = self.refuse_header(conn, header_bytes, &input[consumed..], &error);
+                    if used == 0 {
+                        break;
+                    }
+                    consumed += used;
+                    continue;
+                }
             };
             let frame_len = HEADER_SIZE + header.body_len as usize;
             if header.response {
@@ -290,6 +299,11 @@ impl Server {
             _ => {}
         }
         // Every other request names pkeys: check them against the ticket and find their shard.
+        // A ticket is honoured until its expiry second, also on a connection opened before.
+        if let Some(expired_at_s) = self.expired_ticket(conn) {
+            let message = format!("the connection's ticket expired at unix second {expired_at_s}: AUTH with a new one");
+            return self.fail(reply, to, Status::Unauthorized, &message);
+        }
         let (target, denied) = self.route_and_check(conn, &request);
         if let Some(pkey) = denied {
             let message = format!("the connection's ticket does not allow pkey {}", String::from_utf8_lossy(pkey));
@@ -310,6 +324,14 @@ impl Server {
             return self.forward(conn, target, header, body);
         }
         self.admit_and_serve(reply, header, body);
+    }
+
+    /// The expiry second of the connection's ticket, if it has passed.
+    fn expired_ticket(&self, conn: ConnId) -> Option<u64> {
+        self.options.ticket_secret.as_ref()?;
+        let expires_at_s = self.conns.borrow().get(&conn)?.ticket.as_ref()?.expires_at_s;
+        let now_s = SystemClock::now_us_static() / 1_000_000;
+        (now_s >= expires_at_s).then_some(expires_at_s)
     }
 
     /// The shard all pkeys of `request` belong to, and the first pkey the ticket denies.
@@ -334,7 +356,7 @@ impl Server {
             {
                 return Ok(Some(pkey));
             }
-            let shard = usize::from(shard_of(bucket_of(pkey), shard_count));
+            let shard = if shard_count == 1 { 0 } else { usize::from(shard_of(bucket_of(pkey), shard_count)) };
             match target {
                 None => target = Some(shard),
                 Some(t) if t != shard => {

@@ -1,0 +1,229 @@
+//! `strata-bench compare`: Strata against redis-server on the same machine, same load, same run.
+//!
+//! The server is pinned to one core and the generator to another. Durable PUT is compared with
+//! Redis SET without persistence (the CPU bar) and with `appendfsync always` (the durability
+//! peer); GET of memory-resident data with Redis GET. The same again with both servers held to
+//! one cgroup CPU quota, so the server, not the generator, is the bottleneck. The generator's own
+//! CPU is reported: a saturated generator makes every ratio meaningless.
+
+use crate::loadgen::{self, Arrival, Keys, LoadSpec, Op, Proto};
+use crate::servers::{Server, ServerKind};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use strata_format::protocol::Priority;
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub dir: PathBuf,
+    pub server_cpu: usize,
+    pub generator_cpu: usize,
+    pub connections: usize,
+    pub depth: usize,
+    pub keys: u64,
+    pub value_bytes: usize,
+    pub seconds: f64,
+    /// Percent of one CPU for the quota runs (none: skip them).
+    pub quota_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub workload: &'static str,
+    pub server: &'static str,
+    pub quota_percent: Option<u32>,
+    pub ops_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub server_cpu_us_per_op: f64,
+    pub server_cpu_share: f64,
+    pub generator_cpu_share: f64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub name: &'static str,
+    pub value: f64,
+    pub goal: &'static str,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub connections: usize,
+    pub depth: usize,
+    pub keys: u64,
+    pub value_bytes: usize,
+    pub seconds: f64,
+    pub server_cpu: usize,
+    pub generator_cpu: usize,
+    pub rows: Vec<Row>,
+    pub ratios: Vec<Ratio>,
+}
+
+/// Strata's configuration for the comparison: everything in memory, like Redis.
+pub const STRATA_IN_MEMORY: &str = r#"
+[shard]
+memory-budget = "3 GiB"
+memtable-max = "1536 MiB"
+flush-at = "1536 MiB"
+block-cache = "256 MiB"
+ssd-reserve = "256 MiB"
+ssd-throttle = "512 MiB"
+"#;
+
+fn spec(args: &Args, server: &Server, op: Op, keys: Keys, depth: usize, seconds: f64) -> LoadSpec {
+    LoadSpec {
+        addr: server.addr,
+        proto: if server.kind == ServerKind::Strata { Proto::Native } else { Proto::Resp },
+        op,
+        keys,
+        value_bytes: args.value_bytes,
+        connections: args.connections,
+        arrival: Arrival::Closed { depth },
+        seconds,
+        deadline: Duration::from_secs(10),
+        priority: Priority::High,
+        seed: 42,
+        backoff: false,
+    }
+}
+
+fn measure(args: &Args, server: &Server, workload: &'static str, op: Op, quota: Option<u32>) -> Result<Row, String> {
+    let load = spec(args, server, op, Keys::Uniform(args.keys), args.depth, args.seconds);
+    let cpu0 = server.cpu_us();
+    let result = loadgen::run(&load)?;
+    let server_cpu_us = server.cpu_us().saturating_sub(cpu0);
+    let ops = result.ok + result.not_found;
+    let h = &result.latency_ok_us;
+    Ok(Row {
+        workload,
+        server: server.kind.name(),
+        quota_percent: quota,
+        ops_per_s: result.ok_per_s(),
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        server_cpu_us_per_op: server_cpu_us as f64 / ops.max(1) as f64,
+        server_cpu_share: server_cpu_us as f64 / result.elapsed.as_micros() as f64,
+        generator_cpu_share: result.generator_cpu_share(),
+        failed: result.failed + result.rejected,
+    })
+}
+
+/// Loads every key once (for the GET workloads).
+fn preload(args: &Args, server: &Server) -> Result<(), String> {
+    let load = spec(args, server, Op::Put, Keys::Sequential(args.keys), 16, 600.0);
+    let result = loadgen::run(&load)?;
+    if result.ok != args.keys {
+        return Err(format!("preload stored {} of {} keys on {}", result.ok, args.keys, server.kind.name()));
+    }
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<Report, String> {
+    strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    let quotas: Vec<Option<u32>> = std::iter::once(None).chain(args.quota_percent.map(Some)).collect();
+    for &quota in &quotas {
+        let puts: &[ServerKind] = if quota.is_none() {
+            &[ServerKind::Strata, ServerKind::RedisNoPersistence, ServerKind::RedisFsyncAlways]
+        } else {
+            &[ServerKind::Strata, ServerKind::RedisNoPersistence]
+        };
+        for &kind in puts {
+            let mut server = Server::start(kind, args.server_cpu, &args.dir.join("server"), STRATA_IN_MEMORY)?;
+            if let Some(percent) = quota {
+                server.limit_cpu(percent)?;
+            }
+            rows.push(measure(args, &server, "PUT", Op::Put, quota)?);
+        }
+        for kind in [ServerKind::Strata, ServerKind::RedisNoPersistence] {
+            let mut server = Server::start(kind, args.server_cpu, &args.dir.join("server"), STRATA_IN_MEMORY)?;
+            preload(args, &server)?;
+            if let Some(percent) = quota {
+                server.limit_cpu(percent)?;
+            }
+            rows.push(measure(args, &server, "GET", Op::Get, quota)?);
+        }
+    }
+    let _ = std::fs::remove_dir_all(args.dir.join("server"));
+    let find = |workload: &str, server: ServerKind, quota: Option<u32>| {
+        rows.iter().find(|r| r.workload == workload && r.server == server.name() && r.quota_percent == quota)
+    };
+    let mut ratios = Vec::new();
+    let mut ratio = |name: &'static str, value: Option<f64>, goal: &'static str, met: fn(f64) -> bool| {
+        if let Some(value) = value {
+            ratios.push(Ratio { name, value, goal, met: met(value) });
+        }
+    };
+    let (strata, redis, redis_fsync) =
+        (ServerKind::Strata, ServerKind::RedisNoPersistence, ServerKind::RedisFsyncAlways);
+    let cpu =
+        |w, q| find(w, strata, q).zip(find(w, redis, q)).map(|(s, r)| s.server_cpu_us_per_op / r.server_cpu_us_per_op);
+    let tput = |w, peer, q| find(w, strata, q).zip(find(w, peer, q)).map(|(s, r)| s.ops_per_s / r.ops_per_s);
+    ratio("PUT server CPU per op vs redis SET (no persistence)", cpu("PUT", None), "<= 1.0", |v| v <= 1.0);
+    ratio("PUT throughput vs redis SET (no persistence)", tput("PUT", redis, None), ">= 0.9", |v| v >= 0.9);
+    ratio("PUT throughput vs redis SET (appendfsync always)", tput("PUT", redis_fsync, None), ">= 2.0", |v| v >= 2.0);
+    ratio("GET server CPU per op vs redis GET", cpu("GET", None), "<= 0.8", |v| v <= 0.8);
+    if let Some(q) = args.quota_percent {
+        ratio("PUT throughput vs redis SET, CPU quota", tput("PUT", redis, Some(q)), "(reported)", |_| true);
+        ratio("GET throughput vs redis GET, CPU quota", tput("GET", redis, Some(q)), "(reported)", |_| true);
+        ratio("PUT server CPU per op vs redis SET, CPU quota", cpu("PUT", Some(q)), "(reported)", |_| true);
+        ratio("GET server CPU per op vs redis GET, CPU quota", cpu("GET", Some(q)), "(reported)", |_| true);
+    }
+    Ok(Report {
+        connections: args.connections,
+        depth: args.depth,
+        keys: args.keys,
+        value_bytes: args.value_bytes,
+        seconds: args.seconds,
+        server_cpu: args.server_cpu,
+        generator_cpu: args.generator_cpu,
+        rows,
+        ratios,
+    })
+}
+
+pub fn summary(r: &Report) -> String {
+    let mut out = format!(
+        "compare: {} connections x depth {}, {} keys, {} B values, {} s per row; server on core {}, generator on core {}\n",
+        r.connections, r.depth, r.keys, r.value_bytes, r.seconds, r.server_cpu, r.generator_cpu
+    );
+    out.push_str(&format!(
+        "  {:<5} {:<28} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>7}\n",
+        "op", "server", "quota", "ops/s", "p50us", "p99us", "p99.9us", "max us", "cpu us/op", "srv cpu", "gen cpu"
+    ));
+    for row in &r.rows {
+        out.push_str(&format!(
+            "  {:<5} {:<28} {:>6} {:>10.0} {:>7} {:>7} {:>8} {:>8} {:>9.2} {:>6.0}% {:>6.0}%{}\n",
+            row.workload,
+            row.server,
+            row.quota_percent.map_or("-".to_string(), |q| format!("{q}%")),
+            row.ops_per_s,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us,
+            row.max_us,
+            row.server_cpu_us_per_op,
+            row.server_cpu_share * 100.0,
+            row.generator_cpu_share * 100.0,
+            if row.failed > 0 { format!("  ({} failed)", row.failed) } else { String::new() },
+        ));
+    }
+    for ratio in &r.ratios {
+        let verdict = if ratio.goal.starts_with('(') {
+            String::new()
+        } else if ratio.met {
+            " met".into()
+        } else {
+            " NOT met".into()
+        };
+        out.push_str(&format!("  {:<55} {:>6.2}x  goal {}{verdict}\n", ratio.name, ratio.value, ratio.goal));
+    }
+    out
+}

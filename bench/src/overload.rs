@@ -1,0 +1,236 @@
+//! `strata-bench overload`: open-loop load at 1x, 2x, 5x and 10x of Strata's measured capacity.
+//!
+//! Two workloads: disk-bound (gets of a dataset larger than the memory budget, so most reads go
+//! to the SSD) and CPU-bound (gets of memory-resident data). The server is held to a CPU quota
+//! so one generator core can offer 10x. Capacity is the closed-loop rate; the unloaded p99 is
+//! measured open-loop at half of it. For each multiple: goodput (OK within the deadline) against
+//! peak, rejections, p99 of admitted requests and of rejections; CPU-bound once more with the
+//! client's back-off on retry hints. Last, RSS growth of the server over a long 10x run.
+
+use crate::loadgen::{self, Arrival, Keys, LoadResult, LoadSpec, Op, Proto};
+use crate::servers::{Server, ServerKind};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use strata_format::protocol::Priority;
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub dir: PathBuf,
+    pub server_cpu: usize,
+    pub generator_cpu: usize,
+    pub connections: usize,
+    pub memory_keys: u64,
+    pub disk_keys: u64,
+    pub value_bytes: usize,
+    pub seconds: f64,
+    pub quota_percent: u32,
+    pub rss_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub multiple: f64,
+    pub backoff: bool,
+    pub offered_per_s: f64,
+    pub goodput_per_s: f64,
+    pub goodput_vs_peak: f64,
+    pub rejected_per_s: f64,
+    pub client_shed_per_s: f64,
+    pub admitted_p99_us: u64,
+    pub admitted_p99_vs_unloaded: f64,
+    pub rejection_p99_us: u64,
+    pub failed: u64,
+    pub generator_cpu_share: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub name: &'static str,
+    pub capacity_per_s: f64,
+    pub unloaded_p99_us: u64,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub quota_percent: u32,
+    pub deadline_ms: u64,
+    pub connections: usize,
+    pub workloads: Vec<Workload>,
+    pub rss_seconds: f64,
+    pub rss_start_bytes: u64,
+    pub rss_end_bytes: u64,
+    pub rss_growth: f64,
+}
+
+/// The budget every request carries.
+const DEADLINE: Duration = Duration::from_millis(50);
+
+/// A small memory budget: the disk-bound dataset lives in tables on the SSD.
+const STRATA_SMALL_MEMORY: &str = r#"
+[shard]
+memory-budget = "160 MiB"
+memtable-max = "64 MiB"
+flush-at = "32 MiB"
+block-cache = "16 MiB"
+ssd-reserve = "256 MiB"
+ssd-throttle = "512 MiB"
+"#;
+
+fn load(args: &Args, server: &Server, keys: Keys, arrival: Arrival, seconds: f64, backoff: bool) -> LoadSpec {
+    let _ = server;
+    LoadSpec {
+        addr: server.addr,
+        proto: Proto::Native,
+        op: Op::Get,
+        keys,
+        value_bytes: args.value_bytes,
+        connections: args.connections,
+        arrival,
+        seconds,
+        deadline: DEADLINE,
+        priority: Priority::High,
+        seed: 7,
+        backoff,
+    }
+}
+
+fn preload(args: &Args, server: &Server, keys: u64) -> Result<(), String> {
+    let mut spec = load(args, server, Keys::Sequential(keys), Arrival::Closed { depth: 16 }, 3600.0, true);
+    spec.op = Op::Put;
+    spec.deadline = Duration::from_secs(10);
+    let result = loadgen::run(&spec)?;
+    if result.ok < keys {
+        return Err(format!("preload stored {} of {keys} keys ({} refused)", result.ok, result.rejected));
+    }
+    Ok(())
+}
+
+fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadResult) -> Step {
+    let secs = r.elapsed.as_secs_f64();
+    let admitted_p99_us = r.latency_ok_us.value_at_quantile(0.99);
+    Step {
+        multiple,
+        backoff,
+        offered_per_s: r.offered as f64 / secs,
+        goodput_per_s: r.goodput_per_s(),
+        goodput_vs_peak: r.goodput_per_s() / peak,
+        rejected_per_s: r.rejected as f64 / secs,
+        client_shed_per_s: r.client_shed as f64 / secs,
+        admitted_p99_us,
+        admitted_p99_vs_unloaded: admitted_p99_us as f64 / unloaded_p99_us.max(1) as f64,
+        rejection_p99_us: r.latency_rejected_us.value_at_quantile(0.99),
+        failed: r.failed,
+        generator_cpu_share: r.generator_cpu_share(),
+    }
+}
+
+fn workload(args: &Args, name: &'static str, config: &str, keys: u64) -> Result<(Workload, Server), String> {
+    let mut server = Server::start(ServerKind::Strata, args.server_cpu, &args.dir.join("server"), config)?;
+    preload(args, &server, keys)?;
+    // Let flushes and compactions settle before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    server.limit_cpu(args.quota_percent)?;
+    let uniform = Keys::Uniform(keys);
+    let capacity = loadgen::run(&load(args, &server, uniform, Arrival::Closed { depth: 4 }, args.seconds, false))?;
+    let peak = capacity.ok_per_s();
+    let open = |rate: f64| Arrival::Open { rate, poisson: true };
+    let unloaded = loadgen::run(&load(args, &server, uniform, open(peak * 0.5), args.seconds, false))?;
+    let unloaded_p99_us = unloaded.latency_ok_us.value_at_quantile(0.99);
+    let mut steps = Vec::new();
+    for multiple in [1.0, 2.0, 5.0, 10.0] {
+        let r = loadgen::run(&load(args, &server, uniform, open(peak * multiple), args.seconds, false))?;
+        steps.push(step(multiple, false, peak, unloaded_p99_us, &r));
+    }
+    for multiple in [5.0, 10.0] {
+        let r = loadgen::run(&load(args, &server, uniform, open(peak * multiple), args.seconds, true))?;
+        steps.push(step(multiple, true, peak, unloaded_p99_us, &r));
+    }
+    Ok((Workload { name, capacity_per_s: peak, unloaded_p99_us, steps }, server))
+}
+
+pub fn run(args: &Args) -> Result<Report, String> {
+    strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
+    let (disk, server) = workload(args, "disk-bound (SSD gets)", STRATA_SMALL_MEMORY, args.disk_keys)?;
+    drop(server);
+    let (memory, server) =
+        workload(args, "CPU-bound (memory gets)", crate::compare::STRATA_IN_MEMORY, args.memory_keys)?;
+    // RSS over a long run at 10x.
+    let rate = memory.capacity_per_s * 10.0;
+    let rss_start_bytes = server.rss_bytes();
+    let started = Instant::now();
+    let spec = load(
+        args,
+        &server,
+        Keys::Uniform(args.memory_keys),
+        Arrival::Open { rate, poisson: true },
+        args.rss_seconds,
+        false,
+    );
+    loadgen::run(&spec)?;
+    let rss_end_bytes = server.rss_bytes();
+    let rss_seconds = started.elapsed().as_secs_f64();
+    drop(server);
+    let _ = std::fs::remove_dir_all(args.dir.join("server"));
+    Ok(Report {
+        quota_percent: args.quota_percent,
+        deadline_ms: DEADLINE.as_millis() as u64,
+        connections: args.connections,
+        workloads: vec![disk, memory],
+        rss_seconds,
+        rss_start_bytes,
+        rss_end_bytes,
+        rss_growth: rss_end_bytes as f64 / rss_start_bytes.max(1) as f64 - 1.0,
+    })
+}
+
+pub fn summary(r: &Report) -> String {
+    let mut out = format!(
+        "overload: server held to {}% of a core, {} connections, {} ms deadline, Poisson arrivals\n",
+        r.quota_percent, r.connections, r.deadline_ms
+    );
+    for w in &r.workloads {
+        out.push_str(&format!(
+            "  {}: capacity {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7}\n",
+            w.name,
+            w.capacity_per_s,
+            w.unloaded_p99_us,
+            "load",
+            "backoff",
+            "offered/s",
+            "goodput/s",
+            "vs peak",
+            "rejected/s",
+            "shed/s",
+            "p99 us",
+            "p99/unld",
+            "rej p99 us",
+            "gen cpu"
+        ));
+        for s in &w.steps {
+            out.push_str(&format!(
+                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}%\n",
+                s.multiple,
+                if s.backoff { "yes" } else { "no" },
+                s.offered_per_s,
+                s.goodput_per_s,
+                s.goodput_vs_peak * 100.0,
+                s.rejected_per_s,
+                s.client_shed_per_s,
+                s.admitted_p99_us,
+                s.admitted_p99_vs_unloaded,
+                s.rejection_p99_us,
+                s.generator_cpu_share * 100.0
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "  RSS at 10x over {:.0} s: {:.1} MiB -> {:.1} MiB ({:+.1}%, goal <= +5%)\n",
+        r.rss_seconds,
+        r.rss_start_bytes as f64 / 1048576.0,
+        r.rss_end_bytes as f64 / 1048576.0,
+        r.rss_growth * 100.0
+    ));
+    out
+}

@@ -1,0 +1,184 @@
+//! Servers under test as child processes: Strata and redis-server, pinned to a core with
+//! `taskset`, optionally held to a cgroup v1 CPU quota; their CPU time and RSS from /proc.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which server, and how it persists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ServerKind {
+    /// Strata: every acknowledged PUT is durable (group commit + fdatasync).
+    Strata,
+    /// redis-server with no persistence at all.
+    RedisNoPersistence,
+    /// redis-server with `appendfsync always`: durable like Strata.
+    RedisFsyncAlways,
+}
+
+impl ServerKind {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Strata => "strata",
+            Self::RedisNoPersistence => "redis (no persistence)",
+            Self::RedisFsyncAlways => "redis (appendfsync always)",
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub kind: ServerKind,
+    pub addr: SocketAddr,
+    child: Child,
+    cgroup: Option<PathBuf>,
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// The `strata` binary next to this bench binary (same target directory).
+pub fn strata_binary() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let path = me.with_file_name("strata");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} not found: build it with `cargo build --release -p strata-node`", path.display()))
+    }
+}
+
+impl Server {
+    /// Starts `kind` on `cpu`, its data under `dir`; `strata_config` is Strata's TOML.
+    pub fn start(kind: ServerKind, cpu: usize, dir: &Path, strata_config: &str) -> Result<Self, String> {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut command = Command::new("taskset");
+        command.args(["-c", &cpu.to_string()]);
+        match kind {
+            ServerKind::Strata => {
+                let config = dir.join("strata.toml");
+                std::fs::write(&config, strata_config).map_err(|e| e.to_string())?;
+                command
+                    .arg(strata_binary()?)
+                    .arg("serve")
+                    .args(["--config", config.to_str().expect("utf-8 path")])
+                    .args(["--data-dir", dir.join("data").to_str().expect("utf-8 path")])
+                    .args([
+                        "--shards",
+                        "1",
+                        "--listen",
+                        &addr.to_string(),
+                        "--status-listen",
+                        "",
+                        "--shard-port-base",
+                        "0",
+                    ])
+                    .env("RUST_LOG", "warn");
+            }
+            ServerKind::RedisNoPersistence | ServerKind::RedisFsyncAlways => {
+                let redis = which("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;
+                command
+                    .arg(redis)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                    .args(["--dir", dir.to_str().expect("utf-8 path")])
+                    .args(["--protected-mode", "no", "--io-threads", "1"]);
+                if kind == ServerKind::RedisFsyncAlways {
+                    command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+                } else {
+                    command.args(["--appendonly", "no"]);
+                }
+            }
+        }
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+        let child =
+            command.stdout(Stdio::null()).stderr(log).spawn().map_err(|e| {
+                format!("cannot start {}: {e} (is taskset installed? it is in util-linux)", kind.name())
+            })?;
+        let server = Self { kind, addr, child, cgroup: None };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if start.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                return Err(format!("{} did not start listening on {addr}: {log}", kind.name()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        // `taskset` execs the server, so the child's pid is the server's.
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the server has used, µs.
+    #[must_use]
+    pub fn cpu_us(&self) -> u64 {
+        pid_cpu_us(self.pid())
+    }
+
+    /// Resident set size, bytes.
+    #[must_use]
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Holds the server to `percent` of one CPU with a cgroup v1 CFS quota.
+    pub fn limit_cpu(&mut self, percent: u32) -> Result<(), String> {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu/strata-bench-{}", self.pid()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the cgroup {} (needs root and cgroup v1 cpu): {e}", dir.display()))?;
+        let write = |file: &str, value: String| {
+            std::fs::write(dir.join(file), value).map_err(|e| format!("cannot write {}/{file}: {e}", dir.display()))
+        };
+        write("cpu.cfs_period_us", "100000".into())?;
+        write("cpu.cfs_quota_us", (percent * 1000).to_string())?;
+        write("cgroup.procs", self.pid().to_string())?;
+        self.cgroup = Some(dir);
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = self.cgroup.take() {
+            // A cgroup is removed once its processes are gone.
+            for _ in 0..50 {
+                if std::fs::remove_dir(&dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// CPU time (user + system) of process `pid`, µs.
+#[must_use]
+pub fn pid_cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime, in clock ticks of 1/100 s.
+    (field(11) + field(12)) * 1_000_000 / 100
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.exists())
+}
