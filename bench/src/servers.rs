@@ -55,9 +55,14 @@ pub fn strata_binary() -> Result<PathBuf, String> {
 impl Server {
     /// Starts `kind` on `cpu`, its data under `dir`; `strata_config` is Strata's TOML.
     pub fn start(kind: ServerKind, cpu: usize, dir: &Path, strata_config: &str) -> Result<Self, String> {
+        let _ = std::fs::remove_dir_all(dir);
+        Self::start_on(kind, cpu, dir, strata_config)
+    }
+
+    /// Starts `kind` on the data already in `dir` (after [`Server::stop`]).
+    pub fn start_on(kind: ServerKind, cpu: usize, dir: &Path, strata_config: &str) -> Result<Self, String> {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
-        let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut command = Command::new("taskset");
         command.args(["-c", &cpu.to_string()]);
@@ -113,6 +118,18 @@ impl Server {
         Ok(server)
     }
 
+    /// Stops the server with SIGTERM (a clean shutdown) and waits for it.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[must_use]
     pub fn pid(&self) -> u32 {
         // `taskset` execs the server, so the child's pid is the server's.
@@ -144,8 +161,10 @@ impl Server {
         let write = |file: &str, value: String| {
             std::fs::write(dir.join(file), value).map_err(|e| format!("cannot write {}/{file}: {e}", dir.display()))
         };
-        write("cpu.cfs_period_us", "100000".into())?;
-        write("cpu.cfs_quota_us", (percent * 1000).to_string())?;
+        // A short period: with the default 100 ms a throttled server would freeze for up to
+        // 90 ms at a time, and every latency figure would measure the quota, not the server.
+        write("cpu.cfs_period_us", "10000".into())?;
+        write("cpu.cfs_quota_us", (percent * 100).to_string())?;
         write("cgroup.procs", self.pid().to_string())?;
         self.cgroup = Some(dir);
         Ok(())

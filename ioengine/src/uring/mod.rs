@@ -44,6 +44,8 @@ const REMOTE_TOKEN: u64 = 1 << 62;
 pub const RAW_TOKEN_MAX: u64 = REMOTE_TOKEN - 1;
 /// Tasks polled before the ring is visited again, so completions are never starved by tasks.
 const TASKS_PER_TURN_MAX: usize = 4096;
+/// A wait in the kernel at least this long counts as idle time (see [`idle_at`]).
+const IDLE_WAIT_MIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Entries queued by tasks are submitted once this many wait, without waiting for the turn to
 /// end: while the core works through a batch of completions, the device keeps its queue deep.
 const SUBMIT_EARLY_ENTRIES: u32 = 4;
@@ -112,6 +114,8 @@ struct Inner {
     stats: Cell<RuntimeStats>,
     /// Entries pushed since the last submit.
     unsubmitted: Cell<u32>,
+    /// The last time the loop found nothing to do and slept in the kernel.
+    idle_at: Cell<std::time::Instant>,
 }
 
 struct RemoteShared {
@@ -162,6 +166,14 @@ impl Remote {
 #[must_use]
 pub fn remote() -> Remote {
     with_current(|inner| Remote { shared: inner.remote.clone() })
+}
+
+/// The last time the current runtime had nothing to do (slept in the kernel waiting for
+/// work). A core that has not been idle for a while is saturated: work waits for it, in its
+/// queues and in its sockets' buffers.
+#[must_use]
+pub fn idle_at() -> std::time::Instant {
+    with_current(|inner| inner.idle_at.get())
 }
 
 /// Counters of the current thread's runtime.
@@ -317,6 +329,7 @@ impl Inner {
             remote_buf: Box::new([0; 8]),
             stats: Cell::default(),
             unsubmitted: Cell::new(0),
+            idle_at: Cell::new(std::time::Instant::now()),
         })
     }
 
@@ -451,7 +464,14 @@ impl Inner {
                 let mut ring = self.ring.borrow_mut();
                 let result = if wait {
                     self.bump(|s| s.parks += 1);
-                    ring.submit_and_wait(1)
+                    let before = std::time::Instant::now();
+                    let result = ring.submit_and_wait(1);
+                    let after = std::time::Instant::now();
+                    // A wait that blocked means the core had spare time: it is not saturated.
+                    if after.duration_since(before) >= IDLE_WAIT_MIN {
+                        self.idle_at.set(after);
+                    }
+                    result
                 } else {
                     ring.submit()
                 };

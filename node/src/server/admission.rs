@@ -1,7 +1,11 @@
 //! FastReject: decides, from a request's header alone, whether the shard can start it in time.
 //!
-//! Two signals, as in WeChat's DAGOR: the queueing delay requests see between arrival and start
-//! (a moving average, updated as requests start), and the work in flight (requests and bytes).
+//! Three signals. As in WeChat's DAGOR, the queueing delay requests see between arrival and
+//! start (a moving average, updated as requests start), and the work in flight (requests and
+//! bytes). And saturation: how long the core has gone without an idle moment. A saturated core
+//! also queues work where the server cannot see it, in its sockets' receive buffers, so while it
+//! stays saturated an admission level rises and a growing fraction of requests is refused at
+//! once, from the header alone; it falls again when the core finds idle time.
 //! Each priority gets a share of the limits: the lowest priority is refused first, the highest
 //! last. A refusal costs a header decode and a 32-byte answer: no body parsing, no allocation.
 //!
@@ -22,10 +26,13 @@ pub enum Refusal {
     QueueDelay,
     /// The request's deadline passed before it could start.
     DeadlinePassed,
+    /// The core has had no idle moment for a while: its sockets hold a backlog.
+    Saturated,
 }
 
 impl Refusal {
-    pub const ALL: [Self; 4] = [Self::InflightRequests, Self::InflightBytes, Self::QueueDelay, Self::DeadlinePassed];
+    pub const ALL: [Self; 5] =
+        [Self::InflightRequests, Self::InflightBytes, Self::QueueDelay, Self::DeadlinePassed, Self::Saturated];
 
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -34,6 +41,7 @@ impl Refusal {
             Self::InflightBytes => "inflight_bytes",
             Self::QueueDelay => "queue_delay",
             Self::DeadlinePassed => "deadline_passed",
+            Self::Saturated => "saturated",
         }
     }
 }
@@ -55,6 +63,13 @@ const PRIORITY_SHARE_PERCENT: [usize; 4] = [100, 85, 70, 55];
 /// Weight of a new queueing-delay sample in the moving average, as 1/N.
 const DELAY_EWMA_WEIGHT: u64 = 16;
 
+/// How often the admission level is adjusted.
+const LEVEL_ADJUST_EVERY: Duration = Duration::from_millis(2);
+/// Level steps: up while saturated, down while not. One level sheds one priority fully.
+const LEVEL_STEP_UP: f64 = 0.08;
+const LEVEL_STEP_DOWN: f64 = 0.04;
+const LEVEL_MAX: f64 = 3.9;
+
 /// The admission state of one shard.
 #[derive(Debug)]
 pub struct Admission {
@@ -63,13 +78,62 @@ pub struct Admission {
     inflight_bytes: usize,
     /// Moving average of arrival-to-start delay, µs.
     delay_avg_us: u64,
+    /// 0: admit everything; level `l` refuses a fraction `clamp(l - (3 - p), 0, 1)` of
+    /// priority `p` (3 is the lowest): the lowest priority goes first.
+    level: f64,
+    level_adjusted_at: Instant,
+    /// Per priority: refusals owed, so a fraction is refused evenly.
+    shed_debt: [f64; 4],
+    /// How long the core has been saturated, at the last adjustment.
+    saturated_for: Duration,
 }
 
 impl Admission {
     #[must_use]
     pub fn new(limits: AdmissionLimits) -> Self {
         assert!(limits.inflight_requests_max > 0 && limits.inflight_bytes_max > 0, "limits are positive");
-        Self { limits, inflight_requests: 0, inflight_bytes: 0, delay_avg_us: 0 }
+        Self {
+            limits,
+            inflight_requests: 0,
+            inflight_bytes: 0,
+            delay_avg_us: 0,
+            level: 0.0,
+            level_adjusted_at: Instant::now(),
+            shed_debt: [0.0; 4],
+            saturated_for: Duration::ZERO,
+        }
+    }
+
+    /// The cheap first check, from the header alone: refuses a share of requests while the core
+    /// is saturated (`idle_at`: the last time it had nothing to do).
+    pub fn fast_reject(
+        &mut self,
+        priority: Priority,
+        now: Instant,
+        idle_at: Instant,
+    ) -> Result<(), (Refusal, Duration)> {
+        if now.saturating_duration_since(self.level_adjusted_at) >= LEVEL_ADJUST_EVERY {
+            self.level_adjusted_at = now;
+            self.saturated_for = now.saturating_duration_since(idle_at);
+            let saturated = self.saturated_for > self.limits.queue_delay_max / 4;
+            self.level = if saturated {
+                (self.level + LEVEL_STEP_UP).min(LEVEL_MAX)
+            } else {
+                (self.level - LEVEL_STEP_DOWN).max(0.0)
+            };
+        }
+        if self.level == 0.0 {
+            return Ok(());
+        }
+        let p = priority.index();
+        let fraction = (self.level - (3 - p) as f64).clamp(0.0, 1.0);
+        self.shed_debt[p] += fraction;
+        if self.shed_debt[p] >= 1.0 {
+            self.shed_debt[p] -= 1.0;
+            let retry = self.saturated_for.max(self.limits.retry_after_min).min(Duration::from_secs(1));
+            return Err((Refusal::Saturated, retry));
+        }
+        Ok(())
     }
 
     /// Admits a request of `bytes` with `priority` and a budget of `deadline_us` (0: none), or
@@ -160,6 +224,35 @@ mod tests {
         assert_eq!(a.admit(Priority::Highest, 10, 0).unwrap_err().0, Refusal::InflightRequests);
         a.finish(10);
         a.admit(Priority::Highest, 10, 0).unwrap();
+    }
+
+    #[test]
+    fn a_saturated_core_sheds_a_growing_share_lowest_priority_first() {
+        let mut a = Admission::new(limits());
+        let start = Instant::now();
+        let idle_at = start;
+        let mut refused = [0u32; 4];
+        // 60 ms without an idle moment, 100 requests of each priority per 2 ms.
+        for step in 1..=30u32 {
+            let now = start + Duration::from_millis(2 * u64::from(step));
+            for priority in Priority::ALL {
+                for _ in 0..100 {
+                    if a.fast_reject(priority, now, idle_at).is_err() {
+                        refused[priority.index()] += 1;
+                    }
+                }
+            }
+        }
+        assert!(refused[3] > refused[2] && refused[2] > 0, "{refused:?}");
+        assert_eq!(refused[0], 0, "{refused:?}");
+        // Idle again: the level falls back to admitting everything.
+        let later = start + Duration::from_secs(1);
+        for step in 1..=200u32 {
+            let now = later + Duration::from_millis(2 * u64::from(step));
+            let _ = a.fast_reject(Priority::Lowest, now, now);
+        }
+        let now = later + Duration::from_millis(500);
+        assert!(a.fast_reject(Priority::Lowest, now, now).is_ok());
     }
 
     #[test]

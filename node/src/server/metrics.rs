@@ -58,7 +58,7 @@ impl Histogram {
 pub struct ShardMetrics {
     pub requests: [AtomicU64; 12],
     pub responses: [AtomicU64; 12],
-    pub rejections: [AtomicU64; 4],
+    pub rejections: [AtomicU64; 5],
     pub forwarded: AtomicU64,
     pub bad_frames: AtomicU64,
     pub connections_accepted: AtomicU64,

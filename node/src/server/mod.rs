@@ -32,7 +32,8 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 use strata_format::key::bucket_of;
 use strata_format::protocol::{
-    self, FrameHeader, HEADER_SIZE, Header, MGetWriter, MPutWriter, ProtocolError, ReplyTo, Request, ScanWriter, Status,
+    self, FrameHeader, HEADER_SIZE, Header, MGetWriter, MPutWriter, Opcode, ProtocolError, ReplyTo, Request,
+    ScanWriter, Status,
 };
 use strata_format::route::shard_of;
 use strata_format::ticket::Ticket;
@@ -274,6 +275,17 @@ impl Server {
     fn on_frame(self: &Rc<Self>, reply: Reply, conn: ConnId, header: Header, body: &[u8]) {
         self.metrics.request(header.opcode);
         let to = header.reply_to();
+        // FastReject: while the core is saturated, a share of requests is refused from the
+        // header alone, before any body is checked or parsed.
+        if !matches!(header.opcode, Opcode::Ping | Opcode::Auth | Opcode::Stats) {
+            let verdict =
+                self.admission.borrow_mut().fast_reject(header.priority, self.turn_now.get(), uring::idle_at());
+            if let Err((refusal, retry)) = verdict {
+                self.metrics.rejection(refusal);
+                let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
+                return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+            }
+        }
         if let Err(error) = protocol::check_body(&header, body) {
             self.metrics.bad_frames.fetch_add(1, Relaxed);
             return self.fail(reply, to, error.status(), &error.to_string());
@@ -448,7 +460,8 @@ impl Server {
         } else {
             header.deadline_us
         };
-        if let Err((refusal, retry)) = self.admission.borrow_mut().admit(header.priority, bytes, deadline_us) {
+        let admitted = self.admission.borrow_mut().admit(header.priority, bytes, deadline_us);
+        if let Err((refusal, retry)) = admitted {
             self.metrics.rejection(refusal);
             let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
             return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
@@ -471,7 +484,8 @@ impl Server {
     async fn serve(&self, reply: Reply, header: Header, body: &[u8], arrival: Instant, deadline_us: u32) {
         let to = header.reply_to();
         let started = Instant::now();
-        if let Err(refusal) = self.admission.borrow_mut().start(arrival, deadline_us, started) {
+        let start = self.admission.borrow_mut().start(arrival, deadline_us, started);
+        if let Err(refusal) = start {
             self.metrics.rejection(refusal);
             let retry_us = self.admission.borrow().retry_after().as_micros() as u32;
             return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
@@ -666,6 +680,10 @@ impl NetHandler for Server {
     fn closed(&self, conn: ConnId, reason: &str) {
         self.metrics.connections_closed.fetch_add(1, Relaxed);
         self.conns.borrow_mut().remove(&conn);
-        tracing::debug!(shard = self.options.shard_index, conn, "connection closed: {reason}");
+        if reason == "peer closed the connection" {
+            tracing::debug!(shard = self.options.shard_index, conn, "connection closed: {reason}");
+        } else {
+            tracing::info!(shard = self.options.shard_index, conn, "connection closed: {reason}");
+        }
     }
 }

@@ -36,6 +36,12 @@ pub fn free_ports(n: u16) -> u16 {
 impl Node {
     /// Starts a node with `extra` arguments and waits until it answers.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_log(data_dir, extra, "info")
+    }
+
+    /// Starts a node whose log is filtered by `rust_log` (for example
+    /// `"info,strata_node::server=debug"` to log why each connection was closed).
+    pub fn start_with_log(data_dir: &Path, extra: &[&str], rust_log: &str) -> Self {
         let base = free_ports(2 + SHARDS as u16);
         let addr: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
         let status: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().unwrap();
@@ -49,7 +55,7 @@ impl Node {
             .args(["--status-listen", &status.to_string()])
             .args(["--shard-port-base", &shard_port_base.to_string()])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -70,6 +76,24 @@ impl Node {
             assert!(start.elapsed() < Duration::from_secs(30), "node did not start; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The node's resident memory in bytes (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+        let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().unwrap();
+        kib * 1024
+    }
+
+    /// The sum over shards of a metric (`name{shard="i"} value` lines of the metrics endpoint).
+    pub fn metric_sum(&self, name: &str) -> u64 {
+        let prefix = format!("{name}{{");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     pub fn log_text(&self) -> String {
