@@ -44,6 +44,32 @@ enum Command {
     /// The routing table: bucket -> group for every group count 1..=1000.
     #[bpaf(command)]
     Route(#[bpaf(external(route_command))] RouteCommand),
+    /// Issue tickets: signed, expiring tokens naming the pkeys a client may touch.
+    #[bpaf(command)]
+    Ticket(#[bpaf(external(ticket_command))] TicketCommand),
+}
+
+#[derive(Debug, Clone, Bpaf)]
+enum TicketCommand {
+    /// Sign a ticket with the node's secret and print it in hex (pass it to the client library).
+    #[bpaf(command)]
+    Issue {
+        /// The node's ticket secret (the file named by `ticket-secret-file`).
+        #[bpaf(long("secret-file"), argument("FILE"))]
+        secret_file: PathBuf,
+        /// A pkey the ticket may touch (repeatable).
+        #[bpaf(long, argument("PKEY"))]
+        pkey: Vec<String>,
+        /// A pkey prefix the ticket may touch (repeatable).
+        #[bpaf(long, argument("PREFIX"))]
+        prefix: Vec<String>,
+        /// An admin ticket: every pkey, and admin operations.
+        #[bpaf(long)]
+        admin: bool,
+        /// Seconds until the ticket expires.
+        #[bpaf(long("ttl-seconds"), argument("SECONDS"), fallback(3600), display_fallback)]
+        ttl_seconds: u64,
+    },
 }
 
 #[derive(Debug, Clone, Bpaf)]
@@ -64,8 +90,49 @@ fn main() {
         Command::Inspect { json, path } => inspect::run(&path, json),
         Command::CheckEnv { json, data_dir } => check_env(&data_dir, json),
         Command::Route(RouteCommand::Generate { out }) => route_generate(&out),
+        Command::Ticket(TicketCommand::Issue { secret_file, pkey, prefix, admin, ttl_seconds }) => {
+            ticket_issue(&secret_file, pkey, prefix, admin, ttl_seconds)
+        }
     };
     std::process::exit(code);
+}
+
+fn ticket_issue(
+    secret_file: &std::path::Path,
+    pkeys: Vec<String>,
+    prefixes: Vec<String>,
+    admin: bool,
+    ttl_seconds: u64,
+) -> i32 {
+    use strata_format::ticket::{Scope, TICKET_SECRET_LEN_MIN, Ticket, encode_hex};
+    let secret = match std::fs::read(secret_file) {
+        Ok(secret) if secret.len() >= TICKET_SECRET_LEN_MIN => secret,
+        Ok(secret) => {
+            eprintln!(
+                "{} holds {} bytes; a secret needs at least {TICKET_SECRET_LEN_MIN}",
+                secret_file.display(),
+                secret.len()
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", secret_file.display());
+            return 1;
+        }
+    };
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let scopes: Vec<Scope> = pkeys
+        .into_iter()
+        .map(|p| Scope::Exact(p.into_bytes()))
+        .chain(prefixes.into_iter().map(|p| Scope::Prefix(p.into_bytes())))
+        .collect();
+    let ticket = Ticket { admin, issued_at_s: now_s, expires_at_s: now_s + ttl_seconds, scopes };
+    if let Err(e) = ticket.validate() {
+        eprintln!("cannot issue this ticket: {e}");
+        return 1;
+    }
+    println!("{}", encode_hex(&ticket.sign(&secret)));
+    0
 }
 
 fn check_env(data_dir: &std::path::Path, json: bool) -> i32 {

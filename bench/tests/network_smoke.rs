@@ -1,0 +1,83 @@
+//! The network benches run briefly in the test suite so they never rot: `compare` against
+//! redis-server and `overload` must produce every figure. (Speed is judged by full runs,
+//! documented in docs/bench.md, not here.) They need redis-server and taskset (installed by
+//! .ci/run); the CPU quota runs need a writable cgroup v1 cpu controller (root).
+
+use std::process::Command;
+
+fn cgroup_writable() -> bool {
+    let probe = std::path::Path::new("/sys/fs/cgroup/cpu/strata-bench-probe");
+    let ok = std::fs::create_dir_all(probe).is_ok();
+    let _ = std::fs::remove_dir(probe);
+    ok
+}
+
+fn bench(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .args(args)
+        .arg("--json")
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("strata-bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "strata-bench {args:?} failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    report
+}
+
+#[test]
+fn compare_measures_strata_and_redis_side_by_side() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let quota = if cgroup_writable() { "50" } else { "0" };
+    if quota == "0" {
+        eprintln!("NOTICE: no writable cgroup v1 cpu controller: the quota rows are skipped");
+    }
+    let report = bench(
+        &["compare", "--seconds", "0.5", "--keys", "2000", "--connections", "4", "--quota-percent", quota],
+        dir.path(),
+    );
+    let rows = report["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 5, "PUT x3 and GET x2 at least");
+    for row in rows {
+        assert!(row["ops_per_s"].as_f64().is_some_and(|v| v > 0.0), "no throughput in {row}");
+        assert!(row["server_cpu_us_per_op"].as_f64().is_some_and(|v| v > 0.0), "no server CPU in {row}");
+        assert_eq!(row["failed"].as_u64(), Some(0), "failures in {row}");
+    }
+    assert!(report["ratios"].as_array().is_some_and(|r| r.len() >= 4));
+}
+
+#[test]
+fn overload_reports_goodput_at_every_multiple() {
+    if !cgroup_writable() {
+        eprintln!("NOTICE: skipped: overload needs a writable cgroup v1 cpu controller (run as root)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report = bench(
+        &[
+            "overload",
+            "--seconds",
+            "0.5",
+            "--keys",
+            "2000",
+            "--disk-keys",
+            "5000",
+            "--connections",
+            "4",
+            "--rss-seconds",
+            "1",
+            "--quota-percent",
+            "20",
+        ],
+        dir.path(),
+    );
+    let workloads = report["workloads"].as_array().expect("workloads");
+    assert_eq!(workloads.len(), 2);
+    for w in workloads {
+        assert!(w["capacity_per_s"].as_f64().is_some_and(|v| v > 0.0), "{w}");
+        assert_eq!(w["steps"].as_array().map(Vec::len), Some(6), "{w}");
+    }
+    assert!(report["rss_end_bytes"].as_u64().is_some_and(|v| v > 0));
+}
