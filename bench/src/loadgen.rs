@@ -123,8 +123,8 @@ struct Conn {
     out_pos: usize,
     input: Vec<u8>,
     filled: usize,
-    /// Native: intended send time by request id.
-    pending_by_id: HashMap<u64, Instant>,
+    /// Native: intended send time and key index by request id.
+    pending_by_id: HashMap<u64, (Instant, u64)>,
     /// RESP: intended send times in order.
     pending_fifo: VecDeque<Instant>,
     next_id: u64,
@@ -189,17 +189,22 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     let mut round_robin = 0usize;
     let mut events = Events::with_capacity(1024);
     let mut exhausted = false;
+    // Sequential (preloading) keys a server refused, to send again.
+    let mut retry_keys: Vec<u64> = Vec::new();
 
     // Queues one request on `conn`, due at `intended`.
-    let enqueue = |conn: &mut Conn, intended: Instant, rng: &mut SimRng, next_key: &mut u64| -> bool {
+    let enqueue = |conn: &mut Conn, intended: Instant, rng: &mut SimRng, next_key: &mut u64, retry: &mut Vec<u64>| -> bool {
         let index = match spec.keys {
             Keys::Uniform(n) => rng.below(n),
             Keys::Sequential(n) => {
-                if *next_key >= n {
+                if let Some(index) = retry.pop() {
+                    index
+                } else if *next_key >= n {
                     return false;
+                } else {
+                    *next_key += 1;
+                    *next_key - 1
                 }
-                *next_key += 1;
-                *next_key - 1
             }
         };
         let key = key_of(index);
@@ -211,7 +216,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                     Op::Get => protocol::encode_get(&mut conn.out, head, &key, TS_TIMELESS),
                 };
                 encoded.expect("bench requests are valid");
-                conn.pending_by_id.insert(conn.next_id, intended);
+                conn.pending_by_id.insert(conn.next_id, (intended, index));
                 conn.next_id += 1;
             }
             Proto::Resp => {
@@ -236,7 +241,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     if let Arrival::Closed { depth } = spec.arrival {
         for conn in &mut conns {
             for _ in 0..depth {
-                if enqueue(conn, start, &mut rng, &mut next_key) {
+                if enqueue(conn, start, &mut rng, &mut next_key, &mut retry_keys) {
                     sent += 1;
                 }
             }
@@ -256,7 +261,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 round_robin += 1;
                 if conn.paused_until.is_some_and(|until| now < until) {
                     client_shed += 1;
-                } else if enqueue(conn, next_due, &mut rng, &mut next_key) {
+                } else if enqueue(conn, next_due, &mut rng, &mut next_key, &mut retry_keys) {
                     sent += 1;
                 } else {
                     exhausted = true;
@@ -303,9 +308,10 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 let parsed = match spec.proto {
                     Proto::Native => parse_native(&conn.input[pos..conn.filled], &mut conn.pending_by_id),
                     Proto::Resp => parse_resp(&conn.input[pos..conn.filled])
-                        .map(|(len, outcome)| (len, outcome, conn.pending_fifo.pop_front(), 0)),
+                        .map(|(len, outcome)| (len, outcome, conn.pending_fifo.pop_front().map(|t| (t, 0)), 0)),
                 };
-                let Some((len, outcome, intended, retry_after_us)) = parsed else { break };
+                let Some((len, outcome, sent_as, retry_after_us)) = parsed else { break };
+                let (intended, key_index) = sent_as.map_or((None, None), |(t, k)| (Some(t), Some(k)));
                 pos += len;
                 let done = Instant::now();
                 let intended = intended.unwrap_or(done);
@@ -325,6 +331,10 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                     }
                     Outcome::Rejected => {
                         rejected += 1;
+                        if let (Keys::Sequential(_), Some(index)) = (spec.keys, key_index) {
+                            retry_keys.push(index);
+                            exhausted = false;
+                        }
                         let _ = latency_rejected_us.record(latency_us.max(1));
                         if spec.backoff {
                             let wait_us = u64::from(retry_after_us.max(100)) * u64::from(conn.backoff_factor);
@@ -338,7 +348,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                     && done < end
                     && !exhausted
                 {
-                    if enqueue(conn, done, &mut rng, &mut next_key) {
+                    if enqueue(conn, done, &mut rng, &mut next_key, &mut retry_keys) {
                         sent += 1;
                     } else {
                         exhausted = true;
@@ -417,7 +427,10 @@ fn resp_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// One native response at the start of `buf`: its length, outcome, intended send time, and
 /// retry hint (µs, for OVERLOADED).
-fn parse_native(buf: &[u8], pending: &mut HashMap<u64, Instant>) -> Option<(usize, Outcome, Option<Instant>, u32)> {
+fn parse_native(
+    buf: &[u8],
+    pending: &mut HashMap<u64, (Instant, u64)>,
+) -> Option<(usize, Outcome, Option<(Instant, u64)>, u32)> {
     let header_bytes = buf.first_chunk::<HEADER_SIZE>()?;
     let header = FrameHeader::decode(header_bytes).expect("the server sends valid frames");
     let len = HEADER_SIZE + header.body_len as usize;

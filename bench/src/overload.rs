@@ -113,6 +113,7 @@ fn preload(args: &Args, server: &Server, keys: u64) -> Result<(), String> {
     let mut spec = load(args, server, Keys::Sequential(keys), Arrival::Closed { depth: 16 }, 3600.0, true);
     spec.op = Op::Put;
     spec.deadline = Duration::from_secs(10);
+    spec.priority = Priority::Highest;
     let result = loadgen::run(&spec)?;
     if result.ok < keys {
         return Err(format!("preload stored {} of {keys} keys ({} refused)", result.ok, result.rejected));

@@ -25,7 +25,7 @@ use strata_format::key::PKEY_LEN_MAX;
 use strata_format::protocol::{FRAME_BODY_MAX, VALUE_LEN_MAX};
 
 /// More shards than this is a typo, not a machine: each shard pins a core.
-pub const SHARDS_MAX: usize = 1024;
+pub const SHARDS_MAX: usize = strata_format::route::GROUP_COUNT_MAX as usize;
 
 /// The smallest useful `frame-max`: an MPUT of one item carrying the longest key and the
 /// largest value (`count` 2, `pkey_len` 1, `ts` 8, `value_len` 4, then the key and the value).

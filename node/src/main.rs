@@ -35,7 +35,7 @@ enum Command {
         /// A TOML configuration file (kebab-case keys); without it, embedded defaults.
         #[bpaf(long, argument("FILE"))]
         config: Option<PathBuf>,
-        /// Check the configuration, print it, and exit.
+        /// Check the configuration (file, flags and their combination) and exit.
         #[bpaf(long("check-config"))]
         check_config: bool,
         /// Print a commented sample configuration (every key at its default) and exit.
@@ -439,10 +439,19 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         uring::sleep(Duration::from_millis(1)).await;
     };
     server.set_peers(peers);
-    net.listen(plan.listen, true).map_err(|e| format!("shard {index}: cannot listen on {}: {e}", plan.listen))?;
-    if let Some(addr) = plan.shard_port {
-        let listener = net.listen(addr, false).map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?;
+    let listened = net.listen(plan.listen, true).map_err(|e| format!("cannot listen on {}: {e}", plan.listen)).and_then(|_| {
+        let Some(addr) = plan.shard_port else { return Ok(()) };
+        let listener = net.listen(addr, false).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         server.set_shard_listener(listener);
+        Ok(())
+    });
+    if let Err(e) = listened {
+        // A node missing a shard cannot serve that shard's buckets: stop the whole node now.
+        tracing::error!(shard = index, "{e}; stopping the node");
+        plan.stop.store(true, Ordering::SeqCst);
+        server.drain(Duration::ZERO).await;
+        shard.close().await;
+        return Err(format!("shard {index}: {e}"));
     }
     uring::spawn_detached(Priority::Background, server.clone().upkeep());
     let mut ticks = 0u64;
