@@ -193,50 +193,51 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     let mut retry_keys: Vec<u64> = Vec::new();
 
     // Queues one request on `conn`, due at `intended`.
-    let enqueue = |conn: &mut Conn, intended: Instant, rng: &mut SimRng, next_key: &mut u64, retry: &mut Vec<u64>| -> bool {
-        let index = match spec.keys {
-            Keys::Uniform(n) => rng.below(n),
-            Keys::Sequential(n) => {
-                if let Some(index) = retry.pop() {
-                    index
-                } else if *next_key >= n {
-                    return false;
-                } else {
-                    *next_key += 1;
-                    *next_key - 1
+    let enqueue =
+        |conn: &mut Conn, intended: Instant, rng: &mut SimRng, next_key: &mut u64, retry: &mut Vec<u64>| -> bool {
+            let index = match spec.keys {
+                Keys::Uniform(n) => rng.below(n),
+                Keys::Sequential(n) => {
+                    if let Some(index) = retry.pop() {
+                        index
+                    } else if *next_key >= n {
+                        return false;
+                    } else {
+                        *next_key += 1;
+                        *next_key - 1
+                    }
+                }
+            };
+            let key = key_of(index);
+            match spec.proto {
+                Proto::Native => {
+                    let head = RequestHead { request_id: conn.next_id, deadline_us, priority: spec.priority };
+                    let encoded = match spec.op {
+                        Op::Put => protocol::encode_put(&mut conn.out, head, &key, TS_TIMELESS, &value),
+                        Op::Get => protocol::encode_get(&mut conn.out, head, &key, TS_TIMELESS),
+                    };
+                    encoded.expect("bench requests are valid");
+                    conn.pending_by_id.insert(conn.next_id, (intended, index));
+                    conn.next_id += 1;
+                }
+                Proto::Resp => {
+                    let out = &mut conn.out;
+                    match spec.op {
+                        Op::Put => {
+                            out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+                            resp_bulk(out, &key);
+                            resp_bulk(out, &value);
+                        }
+                        Op::Get => {
+                            out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
+                            resp_bulk(out, &key);
+                        }
+                    }
+                    conn.pending_fifo.push_back(intended);
                 }
             }
+            true
         };
-        let key = key_of(index);
-        match spec.proto {
-            Proto::Native => {
-                let head = RequestHead { request_id: conn.next_id, deadline_us, priority: spec.priority };
-                let encoded = match spec.op {
-                    Op::Put => protocol::encode_put(&mut conn.out, head, &key, TS_TIMELESS, &value),
-                    Op::Get => protocol::encode_get(&mut conn.out, head, &key, TS_TIMELESS),
-                };
-                encoded.expect("bench requests are valid");
-                conn.pending_by_id.insert(conn.next_id, (intended, index));
-                conn.next_id += 1;
-            }
-            Proto::Resp => {
-                let out = &mut conn.out;
-                match spec.op {
-                    Op::Put => {
-                        out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
-                        resp_bulk(out, &key);
-                        resp_bulk(out, &value);
-                    }
-                    Op::Get => {
-                        out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
-                        resp_bulk(out, &key);
-                    }
-                }
-                conn.pending_fifo.push_back(intended);
-            }
-        }
-        true
-    };
 
     if let Arrival::Closed { depth } = spec.arrival {
         for conn in &mut conns {
@@ -425,12 +426,12 @@ fn resp_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A parsed response: its length, outcome, (intended send time, key index), retry hint µs.
+type Parsed = (usize, Outcome, Option<(Instant, u64)>, u32);
+
 /// One native response at the start of `buf`: its length, outcome, intended send time, and
 /// retry hint (µs, for OVERLOADED).
-fn parse_native(
-    buf: &[u8],
-    pending: &mut HashMap<u64, (Instant, u64)>,
-) -> Option<(usize, Outcome, Option<(Instant, u64)>, u32)> {
+fn parse_native(buf: &[u8], pending: &mut HashMap<u64, (Instant, u64)>) -> Option<Parsed> {
     let header_bytes = buf.first_chunk::<HEADER_SIZE>()?;
     let header = FrameHeader::decode(header_bytes).expect("the server sends valid frames");
     let len = HEADER_SIZE + header.body_len as usize;

@@ -439,12 +439,13 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         uring::sleep(Duration::from_millis(1)).await;
     };
     server.set_peers(peers);
-    let listened = net.listen(plan.listen, true).map_err(|e| format!("cannot listen on {}: {e}", plan.listen)).and_then(|_| {
-        let Some(addr) = plan.shard_port else { return Ok(()) };
-        let listener = net.listen(addr, false).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        server.set_shard_listener(listener);
-        Ok(())
-    });
+    let listened =
+        net.listen(plan.listen, true).map_err(|e| format!("cannot listen on {}: {e}", plan.listen)).and_then(|_| {
+            let Some(addr) = plan.shard_port else { return Ok(()) };
+            let listener = net.listen(addr, false).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            server.set_shard_listener(listener);
+            Ok(())
+        });
     if let Err(e) = listened {
         // A node missing a shard cannot serve that shard's buckets: stop the whole node now.
         tracing::error!(shard = index, "{e}; stopping the node");

@@ -58,6 +58,9 @@ impl Default for NetLimits {
     }
 }
 
+/// `IORING_RECVSEND_POLL_FIRST`: arm the poll before trying the receive.
+const RECV_POLL_FIRST: u16 = 1;
+
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
@@ -363,7 +366,9 @@ impl Net {
         debug_assert!(room > 0, "a receive has room");
         // SAFETY: `filled <= capacity`, so the pointer stays inside (or one past) the buffer.
         let ptr = unsafe { conn.input.as_mut_ptr().add(filled) };
-        let entry = opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, room as u32).build();
+        // Poll first: the socket was just drained, so trying the receive at once would mostly
+        // fail and cost a second attempt when the data arrives.
+        let entry = opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, room as u32).ioprio(RECV_POLL_FIRST).build();
         conn.recv_in_flight = true;
         drop(state);
         // SAFETY: the entry points into the connection's input buffer, which is not touched

@@ -46,6 +46,17 @@ impl Refusal {
     }
 }
 
+/// What to do with a request that passed the header checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Start it now (it is counted in flight).
+    Start,
+    /// Queue it: it is expected to start within its budget once requests in flight finish.
+    Queue,
+    /// Refuse it now, with a retry hint.
+    Refuse(Refusal, Duration),
+}
+
 /// Limits of one shard.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
@@ -63,6 +74,8 @@ const PRIORITY_SHARE_PERCENT: [usize; 4] = [100, 85, 70, 55];
 /// Weight of a new queueing-delay sample in the moving average, as 1/N.
 const DELAY_EWMA_WEIGHT: u64 = 16;
 
+/// A core busy this long without an idle moment is saturated.
+const SATURATION_MIN: Duration = Duration::from_millis(5);
 /// How often the admission level is adjusted.
 const LEVEL_ADJUST_EVERY: Duration = Duration::from_millis(2);
 /// Level steps: up while saturated, down while not. One level sheds one priority fully.
@@ -86,6 +99,8 @@ pub struct Admission {
     shed_debt: [f64; 4],
     /// How long the core has been saturated, at the last adjustment.
     saturated_for: Duration,
+    /// Moving average of start-to-finish time of requests, µs.
+    service_avg_us: u64,
 }
 
 impl Admission {
@@ -101,7 +116,62 @@ impl Admission {
             level_adjusted_at: Instant::now(),
             shed_debt: [0.0; 4],
             saturated_for: Duration::ZERO,
+            service_avg_us: 0,
         }
+    }
+
+    /// Decides for a request of `bytes` with `priority` and a budget of `deadline_us` (0: none),
+    /// with `queued_ahead` requests of its priority or higher already waiting: start it now,
+    /// queue it (when it should still start within its budget), or refuse it.
+    pub fn decide(&mut self, priority: Priority, bytes: usize, deadline_us: u32, queued_ahead: usize) -> Decision {
+        if self.inflight_requests == 0 && queued_ahead == 0 {
+            // Nothing is queued, so a request starts at once, whatever the average remembers.
+            self.delay_avg_us = 0;
+        }
+        let share = PRIORITY_SHARE_PERCENT[priority.index()];
+        let slots = (self.limits.inflight_requests_max * share / 100).max(1);
+        let bytes_max = self.limits.inflight_bytes_max * share / 100;
+        let delay_max_us = self.limits.queue_delay_max.as_micros() as u64 * share as u64 / 100;
+        let budget_us = if deadline_us == 0 { u64::MAX } else { u64::from(deadline_us) };
+        if self.delay_avg_us > delay_max_us || self.delay_avg_us >= budget_us {
+            return Decision::Refuse(Refusal::QueueDelay, self.retry_after());
+        }
+        if queued_ahead == 0 && self.inflight_requests < slots && self.inflight_bytes + bytes <= bytes_max {
+            self.inflight_requests += 1;
+            self.inflight_bytes += bytes;
+            return Decision::Start;
+        }
+        if self.inflight_bytes + bytes > bytes_max && self.inflight_requests == 0 {
+            return Decision::Refuse(Refusal::InflightBytes, self.retry_after());
+        }
+        // It waits for the requests ahead of it: about one service time per slot's worth.
+        let expected_wait_us = (queued_ahead as u64 + 1) * self.service_avg_us.max(1) / slots as u64;
+        if expected_wait_us > delay_max_us.min(budget_us) {
+            let retry = Duration::from_micros(expected_wait_us).max(self.limits.retry_after_min);
+            return Decision::Refuse(Refusal::InflightRequests, retry);
+        }
+        Decision::Queue
+    }
+
+    /// A queued request may start now if a slot of its priority is free.
+    pub fn try_start_queued(&mut self, priority: Priority, bytes: usize) -> bool {
+        let share = PRIORITY_SHARE_PERCENT[priority.index()];
+        let slots = (self.limits.inflight_requests_max * share / 100).max(1);
+        let bytes_max = self.limits.inflight_bytes_max * share / 100;
+        let fits_bytes = self.inflight_bytes + bytes <= bytes_max || self.inflight_requests == 0;
+        if self.inflight_requests < slots && fits_bytes {
+            self.inflight_requests += 1;
+            self.inflight_bytes += bytes;
+            return true;
+        }
+        false
+    }
+
+    /// A request served for `service` finished: returns its slot.
+    pub fn finish_served(&mut self, bytes: usize, service: Duration) {
+        let us = service.as_micros() as u64;
+        self.service_avg_us = (self.service_avg_us * (DELAY_EWMA_WEIGHT - 1) + us) / DELAY_EWMA_WEIGHT;
+        self.finish(bytes);
     }
 
     /// The cheap first check, from the header alone: refuses a share of requests while the core
@@ -115,7 +185,7 @@ impl Admission {
         if now.saturating_duration_since(self.level_adjusted_at) >= LEVEL_ADJUST_EVERY {
             self.level_adjusted_at = now;
             self.saturated_for = now.saturating_duration_since(idle_at);
-            let saturated = self.saturated_for > self.limits.queue_delay_max / 4;
+            let saturated = self.saturated_for > SATURATION_MIN;
             self.level = if saturated {
                 (self.level + LEVEL_STEP_UP).min(LEVEL_MAX)
             } else {
@@ -130,34 +200,11 @@ impl Admission {
         self.shed_debt[p] += fraction;
         if self.shed_debt[p] >= 1.0 {
             self.shed_debt[p] -= 1.0;
-            let retry = self.saturated_for.max(self.limits.retry_after_min).min(Duration::from_secs(1));
+            // Come back after about a queue's worth of delay: long enough for the backlog to
+            // shrink, short enough that a client does not idle while the core recovers.
+            let retry = self.limits.queue_delay_max.max(self.limits.retry_after_min);
             return Err((Refusal::Saturated, retry));
         }
-        Ok(())
-    }
-
-    /// Admits a request of `bytes` with `priority` and a budget of `deadline_us` (0: none), or
-    /// says why not and when to retry.
-    pub fn admit(&mut self, priority: Priority, bytes: usize, deadline_us: u32) -> Result<(), (Refusal, Duration)> {
-        if self.inflight_requests == 0 {
-            // Nothing is queued, so a request starts at once, whatever the average remembers.
-            self.delay_avg_us = 0;
-        }
-        let share = PRIORITY_SHARE_PERCENT[priority.index()];
-        let retry = self.retry_after();
-        if self.inflight_requests * 100 >= self.limits.inflight_requests_max * share {
-            return Err((Refusal::InflightRequests, retry));
-        }
-        if (self.inflight_bytes + bytes) * 100 > self.limits.inflight_bytes_max * share {
-            return Err((Refusal::InflightBytes, retry));
-        }
-        let delay_max_us = self.limits.queue_delay_max.as_micros() as u64 * share as u64 / 100;
-        let budget_us = if deadline_us == 0 { u64::MAX } else { u64::from(deadline_us) };
-        if self.delay_avg_us > delay_max_us || self.delay_avg_us >= budget_us {
-            return Err((Refusal::QueueDelay, retry));
-        }
-        self.inflight_requests += 1;
-        self.inflight_bytes += bytes;
         Ok(())
     }
 
@@ -201,6 +248,23 @@ impl Admission {
 mod tests {
     use super::*;
 
+    #[test]
+    fn requests_beyond_the_slots_queue_while_they_can_start_in_time() {
+        let mut a = Admission::new(AdmissionLimits { inflight_requests_max: 2, ..limits() });
+        assert_eq!(a.decide(Priority::Highest, 1, 0, 0), Decision::Start);
+        assert_eq!(a.decide(Priority::Highest, 1, 0, 0), Decision::Start);
+        a.finish_served(1, Duration::from_millis(1));
+        assert_eq!(a.decide(Priority::Highest, 1, 0, 0), Decision::Start);
+        // Both slots busy: a request queues while the expected wait (a share of the average
+        // service time per request ahead) fits its budget.
+        assert_eq!(a.decide(Priority::Highest, 1, 100_000, 0), Decision::Queue);
+        assert!(matches!(a.decide(Priority::Highest, 1, 10, 0), Decision::Refuse(Refusal::InflightRequests, _)));
+        assert!(matches!(a.decide(Priority::Highest, 1, 0, 1000), Decision::Refuse(Refusal::InflightRequests, _)));
+        assert!(!a.try_start_queued(Priority::Highest, 1));
+        a.finish(1);
+        assert!(a.try_start_queued(Priority::Highest, 1));
+    }
+
     fn limits() -> AdmissionLimits {
         AdmissionLimits {
             inflight_requests_max: 100,
@@ -211,19 +275,19 @@ mod tests {
     }
 
     #[test]
-    fn lowest_priority_is_shed_first() {
+    fn lowest_priority_runs_out_of_slots_first() {
         let mut a = Admission::new(limits());
         for _ in 0..55 {
-            a.admit(Priority::Lowest, 10, 0).unwrap();
+            assert_eq!(a.decide(Priority::Lowest, 10, 0, 0), Decision::Start);
         }
-        assert_eq!(a.admit(Priority::Lowest, 10, 0).unwrap_err().0, Refusal::InflightRequests);
-        a.admit(Priority::Highest, 10, 0).unwrap();
-        for _ in 0..44 {
-            a.admit(Priority::Highest, 10, 0).unwrap();
+        // No slot left for the lowest priority: it waits (its slots free up in time).
+        assert_eq!(a.decide(Priority::Lowest, 10, 0, 0), Decision::Queue);
+        for _ in 0..45 {
+            assert_eq!(a.decide(Priority::Highest, 10, 0, 0), Decision::Start);
         }
-        assert_eq!(a.admit(Priority::Highest, 10, 0).unwrap_err().0, Refusal::InflightRequests);
+        assert_eq!(a.decide(Priority::Highest, 10, 0, 0), Decision::Queue);
         a.finish(10);
-        a.admit(Priority::Highest, 10, 0).unwrap();
+        assert_eq!(a.decide(Priority::Highest, 10, 0, 0), Decision::Start);
     }
 
     #[test]
@@ -258,35 +322,37 @@ mod tests {
     #[test]
     fn bytes_in_flight_are_bounded() {
         let mut a = Admission::new(limits());
-        a.admit(Priority::Highest, 1 << 19, 0).unwrap();
-        assert_eq!(a.admit(Priority::Highest, (1 << 19) + 1, 0).unwrap_err().0, Refusal::InflightBytes);
+        assert_eq!(a.decide(Priority::Highest, 1 << 19, 0, 0), Decision::Start);
+        assert_eq!(a.decide(Priority::Highest, (1 << 19) + 1, 0, 0), Decision::Queue);
+        assert!(!a.try_start_queued(Priority::Highest, (1 << 19) + 1));
         a.finish(1 << 19);
         assert_eq!(a.inflight_requests(), 0);
+        assert!(a.try_start_queued(Priority::Highest, (1 << 19) + 1));
     }
 
     #[test]
     fn long_queueing_delay_sheds_and_passed_deadlines_are_refused_at_start() {
         let mut a = Admission::new(limits());
         let now = Instant::now();
-        a.admit(Priority::Low, 1, 0).unwrap();
+        assert_eq!(a.decide(Priority::Low, 1, 0, 0), Decision::Start);
         let arrival = now - Duration::from_millis(500);
         assert_eq!(a.start(arrival, 100_000, now), Err(Refusal::DeadlinePassed));
         a.finish(1);
         for _ in 0..50 {
-            a.admit(Priority::Low, 1, 0).unwrap();
+            assert_eq!(a.decide(Priority::Low, 1, 0, 0), Decision::Start);
         }
         for _ in 0..50 {
             a.start(arrival, 0, now).unwrap();
         }
-        let (why, retry) = a.admit(Priority::Low, 1, 0).unwrap_err();
+        let Decision::Refuse(why, retry) = a.decide(Priority::Low, 1, 0, 0) else { panic!("refused") };
         assert_eq!(why, Refusal::QueueDelay);
         assert!(retry >= Duration::from_millis(10), "{retry:?}");
         // A tight deadline is refused even at the highest priority when the queue is long.
-        assert_eq!(a.admit(Priority::Highest, 1, 1_000).unwrap_err().0, Refusal::QueueDelay);
+        assert!(matches!(a.decide(Priority::Highest, 1, 1_000, 0), Decision::Refuse(Refusal::QueueDelay, _)));
         // Once nothing is in flight, nothing is queued: requests are admitted again.
         for _ in 0..50 {
             a.finish(1);
         }
-        a.admit(Priority::Lowest, 1, 1_000).unwrap();
+        assert_eq!(a.decide(Priority::Lowest, 1, 1_000, 0), Decision::Start);
     }
 }

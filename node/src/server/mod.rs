@@ -20,10 +20,11 @@
 pub mod admission;
 pub mod metrics;
 
-use admission::{Admission, AdmissionLimits};
+use admission::{Admission, AdmissionLimits, Decision};
 use metrics::ShardMetrics;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -104,6 +105,17 @@ pub struct Server {
     draining: Cell<bool>,
     /// The time the current turn's frames arrived (read once per receive).
     turn_now: Cell<Instant>,
+    /// Admitted requests waiting for a slot, by priority (highest first).
+    waiting: RefCell<[VecDeque<Waiting>; 4]>,
+}
+
+/// A request waiting for a slot.
+struct Waiting {
+    reply: Reply,
+    header: Header,
+    body: Vec<u8>,
+    arrival: Instant,
+    deadline_us: u32,
 }
 
 impl std::fmt::Debug for Server {
@@ -128,6 +140,7 @@ impl Server {
             tickets: RefCell::default(),
             draining: Cell::new(false),
             turn_now: Cell::new(Instant::now()),
+            waiting: RefCell::new(Default::default()),
         });
         net.set_handler(server.clone());
         LOCAL.with(|l| *l.borrow_mut() = Some(server.clone()));
@@ -156,7 +169,9 @@ impl Server {
         self.draining.set(true);
         self.net.stop_listening();
         let start = Instant::now();
-        while self.admission.borrow().inflight_requests() > 0 && start.elapsed() < grace {
+        while (self.admission.borrow().inflight_requests() > 0 || self.waiting.borrow().iter().any(|q| !q.is_empty()))
+            && start.elapsed() < grace
+        {
             uring::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -460,24 +475,57 @@ impl Server {
         } else {
             header.deadline_us
         };
-        let admitted = self.admission.borrow_mut().admit(header.priority, bytes, deadline_us);
-        if let Err((refusal, retry)) = admitted {
-            self.metrics.rejection(refusal);
-            let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
-            return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
-        }
-        self.metrics.inflight_requests.fetch_add(1, Relaxed);
         let arrival = self.turn_now.get();
+        let p = header.priority.index();
+        let queued_ahead: usize = self.waiting.borrow()[..=p].iter().map(VecDeque::len).sum();
+        let decision = self.admission.borrow_mut().decide(header.priority, bytes, deadline_us, queued_ahead);
+        match decision {
+            Decision::Start => self.run(reply, header, body.to_vec(), arrival, deadline_us),
+            Decision::Queue => {
+                let waiting = Waiting { reply, header, body: body.to_vec(), arrival, deadline_us };
+                self.waiting.borrow_mut()[p].push_back(waiting);
+            }
+            Decision::Refuse(refusal, retry) => {
+                self.metrics.rejection(refusal);
+                let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
+                self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+            }
+        }
+    }
+
+    /// Serves an admitted request that holds a slot; when it finishes, the slot goes to the
+    /// next waiting request.
+    fn run(self: &Rc<Self>, reply: Reply, header: Header, body: Vec<u8>, arrival: Instant, deadline_us: u32) {
+        self.metrics.inflight_requests.fetch_add(1, Relaxed);
+        let bytes = HEADER_SIZE + body.len();
         let server = self.clone();
-        let body = body.to_vec();
         let mut future = Box::pin(async move {
+            let started = Instant::now();
             server.serve(reply, header, &body, arrival, deadline_us).await;
-            server.admission.borrow_mut().finish(bytes);
+            server.admission.borrow_mut().finish_served(bytes, started.elapsed());
             server.metrics.inflight_requests.fetch_sub(1, Relaxed);
+            server.start_waiting();
         });
         // Memory hits complete on the first poll: answered in this turn, with no task.
         if future.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
             uring::spawn_detached(TaskPriority::Foreground, future);
+        }
+    }
+
+    /// Starts waiting requests, highest priority first, while slots are free.
+    fn start_waiting(self: &Rc<Self>) {
+        loop {
+            let next = {
+                let mut waiting = self.waiting.borrow_mut();
+                let Some(queue) = waiting.iter_mut().find(|q| !q.is_empty()) else { return };
+                let front = queue.front().expect("non-empty");
+                let bytes = HEADER_SIZE + front.body.len();
+                if !self.admission.borrow_mut().try_start_queued(front.header.priority, bytes) {
+                    return;
+                }
+                queue.pop_front().expect("non-empty")
+            };
+            self.run(next.reply, next.header, next.body, next.arrival, next.deadline_us);
         }
     }
 
