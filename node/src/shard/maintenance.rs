@@ -357,6 +357,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 written_done += w.bytes_written() - before;
                 self.pace(started_us, written_done).await;
             }
+            // A flush never waits behind a long compaction: while the frozen memtable waits,
+            // writes fill the active one towards its budget. It only adds newer tables; this
+            // compaction's inputs, and so its output, are not affected.
+            if self.inner.state.borrow().frozen.is_some() {
+                self.flush().await?;
+            }
             // Only a window's bottom run is cut into pieces (disjoint ranges, one order). A merge
             // of flushed tables yields one table, so tiers grow: cut pieces would be merged again
             // as tables of the same size, forever.
