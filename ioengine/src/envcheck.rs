@@ -37,7 +37,9 @@ pub fn check_io_uring() -> Finding {
     match io_uring::IoUring::new(8) {
         Ok(_) => Finding { check: "io_uring", ok: true, detail: "io_uring_setup works".into() },
         Err(e) => {
-            let mut detail = format!("io_uring_setup failed: {e}. Strata needs io_uring (Linux 5.8 or newer).");
+            let mut detail = format!(
+                "io_uring_setup failed: {e}. Strata needs io_uring with multishot accept (Linux 5.19 or newer)."
+            );
             if let Some(value) = sysctl.filter(|v| v != "0") {
                 detail.push_str(&format!(
                     " kernel.io_uring_disabled is {value}: set it to 0 (`sysctl -w kernel.io_uring_disabled=0`)."

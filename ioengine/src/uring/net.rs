@@ -111,6 +111,7 @@ struct State {
     dirty: Vec<u32>,
     open: usize,
     accept_errors: u64,
+    bytes_received: u64,
 }
 
 /// Counters of a [`Net`].
@@ -118,6 +119,7 @@ struct State {
 pub struct NetStats {
     pub open_connections: usize,
     pub accept_errors: u64,
+    pub bytes_received: u64,
 }
 
 /// The network of one runtime: its listeners and connections.
@@ -262,7 +264,11 @@ impl Net {
     #[must_use]
     pub fn stats(&self) -> NetStats {
         let state = self.state.borrow();
-        NetStats { open_connections: state.open, accept_errors: state.accept_errors }
+        NetStats {
+            open_connections: state.open,
+            accept_errors: state.accept_errors,
+            bytes_received: state.bytes_received,
+        }
     }
 
     fn arm_accept(&self, index: usize) {
@@ -380,6 +386,7 @@ impl Net {
         let mut input = {
             let mut state = self.state.borrow_mut();
             let index = id as u32 as usize;
+            state.bytes_received += u64::try_from(result).unwrap_or(0);
             let conn = &mut state.conns[index];
             conn.recv_in_flight = false;
             if result <= 0 || conn.closing.is_some() {

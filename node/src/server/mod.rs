@@ -193,7 +193,9 @@ impl Server {
             let (hits, misses, _) = self.shard.cache_stats();
             m.block_cache_hits.store(hits, Relaxed);
             m.block_cache_misses.store(misses, Relaxed);
-            m.open_connections.store(self.net.stats().open_connections as u64, Relaxed);
+            let net = self.net.stats();
+            m.open_connections.store(net.open_connections as u64, Relaxed);
+            m.bytes_received.store(net.bytes_received, Relaxed);
         }
     }
 
@@ -222,7 +224,6 @@ impl Server {
 
     /// Handles the frames at the start of `input`; returns the bytes consumed.
     fn on_input(self: &Rc<Self>, conn: ConnId, input: &[u8]) -> usize {
-        self.metrics.bytes_received.fetch_add(input.len() as u64, Relaxed);
         self.turn_now.set(Instant::now());
         let mut consumed = 0;
         while let Some(header_bytes) = input[consumed..].first_chunk::<HEADER_SIZE>() {
@@ -603,7 +604,10 @@ impl Server {
                             }
                             Ok(None) => writer.push_status(Status::NotFound),
                             Err(ReadError::BadKey(_)) => writer.push_status(Status::BadRequest),
-                            Err(ReadError::Table(_)) => writer.push_status(Status::Corrupted),
+                            Err(ReadError::Table(crate::lsm::table::TableError::Corrupted { .. })) => {
+                                writer.push_status(Status::Corrupted);
+                            }
+                            Err(ReadError::Table(_)) => writer.push_status(Status::Internal),
                         }
                     }
                     writer.finish();
