@@ -191,7 +191,7 @@ impl Default for LimitsConfig {
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        Self { default_deadline: Span::secs(1), queue_delay_max: Span::millis(5), retry_after_min: Span::millis(1) }
+        Self { default_deadline: Span::secs(1), queue_delay_max: Span::millis(3), retry_after_min: Span::millis(1) }
     }
 }
 

@@ -44,7 +44,7 @@ const REMOTE_TOKEN: u64 = 1 << 62;
 pub const RAW_TOKEN_MAX: u64 = REMOTE_TOKEN - 1;
 /// Tasks polled before the ring is visited again, so completions are never starved by tasks.
 const TASKS_PER_TURN_MAX: usize = 4096;
-/// A wait in the kernel at least this long counts as idle time (see [`idle_at`]).
+/// A wait in the kernel at least this long counts as idle time (see [`busy_since_idle`]).
 const IDLE_WAIT_MIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Entries queued by tasks are submitted once this many wait, without waiting for the turn to
 /// end: while the core works through a batch of completions, the device keeps its queue deep.
@@ -114,8 +114,8 @@ struct Inner {
     stats: Cell<RuntimeStats>,
     /// Entries pushed since the last submit.
     unsubmitted: Cell<u32>,
-    /// The last time the loop found nothing to do and slept in the kernel.
-    idle_at: Cell<std::time::Instant>,
+    /// This thread's CPU time when the loop last found nothing to do and slept in the kernel.
+    idle_cpu: Cell<std::time::Duration>,
 }
 
 struct RemoteShared {
@@ -168,12 +168,26 @@ pub fn remote() -> Remote {
     with_current(|inner| Remote { shared: inner.remote.clone() })
 }
 
-/// The last time the current runtime had nothing to do (slept in the kernel waiting for
-/// work). A core that has not been idle for a while is saturated: work waits for it, in its
-/// queues and in its sockets' buffers.
+/// CPU time the current runtime's thread has used since it last had nothing to do (slept in
+/// the kernel waiting for work). A core that keeps working without an idle moment is
+/// saturated: work waits for it, in its queues and in its sockets' buffers. CPU time, not wall
+/// time, so a thread throttled by a CPU quota is not taken for a saturated one while it keeps up.
 #[must_use]
-pub fn idle_at() -> std::time::Instant {
-    with_current(|inner| inner.idle_at.get())
+pub fn busy_since_idle() -> std::time::Duration {
+    with_current(|inner| thread_cpu_time().saturating_sub(inner.idle_cpu.get()))
+}
+
+/// The calling thread's CPU time.
+#[must_use]
+pub fn thread_cpu_time() -> std::time::Duration {
+    // SAFETY: timespec is plain data; zeroed is valid.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Counters of the current thread's runtime.
@@ -329,7 +343,7 @@ impl Inner {
             remote_buf: Box::new([0; 8]),
             stats: Cell::default(),
             unsubmitted: Cell::new(0),
-            idle_at: Cell::new(std::time::Instant::now()),
+            idle_cpu: Cell::new(thread_cpu_time()),
         })
     }
 
@@ -469,7 +483,7 @@ impl Inner {
                     let after = std::time::Instant::now();
                     // A wait that blocked means the core had spare time: it is not saturated.
                     if after.duration_since(before) >= IDLE_WAIT_MIN {
-                        self.idle_at.set(after);
+                        self.idle_cpu.set(thread_cpu_time());
                     }
                     result
                 } else {

@@ -175,16 +175,17 @@ impl Admission {
     }
 
     /// The cheap first check, from the header alone: refuses a share of requests while the core
-    /// is saturated (`idle_at`: the last time it had nothing to do).
+    /// is saturated (`busy`: the core's CPU time since it last had nothing to do; asked only
+    /// when the level is adjusted).
     pub fn fast_reject(
         &mut self,
         priority: Priority,
         now: Instant,
-        idle_at: Instant,
+        busy: impl FnOnce() -> Duration,
     ) -> Result<(), (Refusal, Duration)> {
         if now.saturating_duration_since(self.level_adjusted_at) >= LEVEL_ADJUST_EVERY {
             self.level_adjusted_at = now;
-            self.saturated_for = now.saturating_duration_since(idle_at);
+            self.saturated_for = busy();
             let saturated = self.saturated_for > SATURATION_MIN;
             self.level = if saturated {
                 (self.level + LEVEL_STEP_UP).min(LEVEL_MAX)
@@ -294,14 +295,14 @@ mod tests {
     fn a_saturated_core_sheds_a_growing_share_lowest_priority_first() {
         let mut a = Admission::new(limits());
         let start = Instant::now();
-        let idle_at = start;
+        let busy_since = start;
         let mut refused = [0u32; 4];
         // 60 ms without an idle moment, 100 requests of each priority per 2 ms.
         for step in 1..=30u32 {
             let now = start + Duration::from_millis(2 * u64::from(step));
             for priority in Priority::ALL {
                 for _ in 0..100 {
-                    if a.fast_reject(priority, now, idle_at).is_err() {
+                    if a.fast_reject(priority, now, || now - busy_since).is_err() {
                         refused[priority.index()] += 1;
                     }
                 }
@@ -313,10 +314,10 @@ mod tests {
         let later = start + Duration::from_secs(1);
         for step in 1..=200u32 {
             let now = later + Duration::from_millis(2 * u64::from(step));
-            let _ = a.fast_reject(Priority::Lowest, now, now);
+            let _ = a.fast_reject(Priority::Lowest, now, || Duration::ZERO);
         }
         let now = later + Duration::from_millis(500);
-        assert!(a.fast_reject(Priority::Lowest, now, now).is_ok());
+        assert!(a.fast_reject(Priority::Lowest, now, || Duration::ZERO).is_ok());
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl Server {
         // header alone, before any body is checked or parsed.
         if !matches!(header.opcode, Opcode::Ping | Opcode::Auth | Opcode::Stats) {
             let verdict =
-                self.admission.borrow_mut().fast_reject(header.priority, self.turn_now.get(), uring::idle_at());
+                self.admission.borrow_mut().fast_reject(header.priority, self.turn_now.get(), uring::busy_since_idle);
             if let Err((refusal, retry)) = verdict {
                 self.metrics.rejection(refusal);
                 let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
