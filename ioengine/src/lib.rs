@@ -1,7 +1,11 @@
 //! ioengine: the only crate that touches glommio, io_uring, O_DIRECT and libc.
 //!
-//! It offers one interface, [`Disk`] and [`DiskFile`], with three implementations:
-//! - [`DmaDisk`]: real files opened with O_DIRECT through glommio (io_uring);
+//! It runs the node's per-core loop: [`uring`], one io_uring ring per core driving tasks, disk
+//! operations, timers and the network's connections (see `uring::net`).
+//!
+//! It offers one disk interface, [`Disk`] and [`DiskFile`], with four implementations:
+//! - [`UringDisk`]: real files opened with O_DIRECT through the core's own ring (the node's);
+//! - [`DmaDisk`]: real files opened with O_DIRECT through glommio (kept for older tests);
 //! - [`SimDisk`]: an in-memory disk driven by a seed that loses unsynced writes and directory
 //!   entries at a crash, tears writes at any sector, fails writes and fsyncs, and flips bits on
 //!   read; with [`SimExecutor`], a deterministic single-threaded executor to run code against it;

@@ -1,7 +1,9 @@
-//! node: the Strata shard (WAL, memtable, version clock) and the `strata` binary.
+//! node: the Strata shard (WAL, memtable, version clock, time-window LSM), the server of the
+//! native protocol with its admission control, the node's configuration, the Rust client
+//! library, and the `strata` binary.
 //!
 //! It is not the I/O layer (see `strata-ioengine`) nor the byte layouts (see `strata-format`).
-//! Later: the LSM, the cold tier, the server, the client library.
+//! Later: the cold tier.
 #![forbid(unsafe_code)]
 
 pub mod client;

@@ -1,7 +1,8 @@
 //! `strata-tool`: operator tools for Strata's data directories.
 //!
 //! Today: `inspect` (read-only decoding of WAL segments, saying where damage starts),
-//! `check-env` (the start-up checks) and `route generate` (writes the committed routing table).
+//! `check-env` (the start-up checks), `route generate` (writes the committed routing table) and
+//! `ticket issue` (signs a ticket with the node's secret).
 //! Scrub, repair and rebuild-disk come with the cold tier.
 
 mod inspect;
