@@ -60,6 +60,8 @@ pub struct ShardMetrics {
     pub responses: [AtomicU64; 12],
     pub rejections: [AtomicU64; 5],
     pub forwarded: AtomicU64,
+    /// GETs answered by a read of the same key already in flight.
+    pub merged_reads: AtomicU64,
     pub bad_frames: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub connections_closed: AtomicU64,
@@ -109,8 +111,9 @@ impl ShardMetrics {
             let n = self.rejections[refusal as usize].load(Relaxed);
             let _ = writeln!(out, "strata_rejections_total{{{l},reason=\"{}\"}} {n}", refusal.name());
         }
-        let counters: [(&str, &AtomicU64); 15] = [
+        let counters: [(&str, &AtomicU64); 16] = [
             ("strata_forwarded_requests_total", &self.forwarded),
+            ("strata_merged_reads_total", &self.merged_reads),
             ("strata_bad_frames_total", &self.bad_frames),
             ("strata_connections_accepted_total", &self.connections_accepted),
             ("strata_connections_closed_total", &self.connections_closed),

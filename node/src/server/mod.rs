@@ -107,7 +107,20 @@ pub struct Server {
     turn_now: Cell<Instant>,
     /// Admitted requests waiting for a slot, by priority (highest first).
     waiting: RefCell<[VecDeque<Waiting>; 4]>,
+    /// GETs reading the disk now, by a hash of their key (collisions are told apart inside).
+    reads_in_flight: RefCell<HashMap<u64, Vec<Rc<SharedRead>>>>,
 }
+
+/// A GET that went to the disk, shared by identical GETs that arrive while it runs.
+struct SharedRead {
+    pkey: Vec<u8>,
+    ts: u64,
+    result: RefCell<Option<ReadOutcome>>,
+    done: crate::sync::Notify,
+}
+
+/// What a GET found: a value and its version, nothing, or a failure to answer with.
+type ReadOutcome = Result<Option<(u64, Rc<[u8]>)>, (Status, String)>;
 
 /// A request waiting for a slot.
 struct Waiting {
@@ -141,6 +154,7 @@ impl Server {
             draining: Cell::new(false),
             turn_now: Cell::new(Instant::now()),
             waiting: RefCell::new(Default::default()),
+            reads_in_flight: RefCell::default(),
         });
         net.set_handler(server.clone());
         LOCAL.with(|l| *l.borrow_mut() = Some(server.clone()));
@@ -556,12 +570,12 @@ impl Server {
                 let result = self.shard.delete_range(pkey, ts_from, ts_to).await;
                 self.answer_write(reply, to, result);
             }
-            Request::Get(key) => match self.shard.get(key.pkey, key.ts).await {
+            Request::Get(key) => match self.get_merged(key.pkey, key.ts).await {
                 Ok(Some((version, value))) => {
                     self.respond(reply, Status::Ok, |out| protocol::encode_value(out, to, version, &value));
                 }
                 Ok(None) => self.respond(reply, Status::NotFound, |out| protocol::encode_not_found(out, to)),
-                Err(error) => self.answer_read_error(reply, to, &error),
+                Err((status, message)) => self.fail(reply, to, status, &message),
             },
             Request::GetIfNewer { key, version: held } => match self.shard.get(key.pkey, key.ts).await {
                 Ok(Some((version, _))) if version <= held => {
@@ -603,11 +617,7 @@ impl Server {
                                 }
                             }
                             Ok(None) => writer.push_status(Status::NotFound),
-                            Err(ReadError::BadKey(_)) => writer.push_status(Status::BadRequest),
-                            Err(ReadError::Table(crate::lsm::table::TableError::Corrupted { .. })) => {
-                                writer.push_status(Status::Corrupted);
-                            }
-                            Err(ReadError::Table(_)) => writer.push_status(Status::Internal),
+                            Err(error) => writer.push_status(read_error_status(error)),
                         }
                     }
                     writer.finish();
@@ -640,6 +650,58 @@ impl Server {
         }
     }
 
+    /// A GET, merged with an identical one already reading the disk: the key is read once and
+    /// every waiter gets the answer. A memory hit (the first poll completes) touches no map.
+    async fn get_merged(&self, pkey: &[u8], ts: u64) -> ReadOutcome {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(pkey, ts);
+        let existing = if self.reads_in_flight.borrow().is_empty() {
+            None
+        } else {
+            self.reads_in_flight
+                .borrow()
+                .get(&hash)
+                .and_then(|reads| reads.iter().find(|r| r.pkey == pkey && r.ts == ts).cloned())
+        };
+        if let Some(shared) = existing {
+            self.metrics.merged_reads.fetch_add(1, Relaxed);
+            loop {
+                let notified = shared.done.notified();
+                if let Some(result) = shared.result.borrow().clone() {
+                    return result;
+                }
+                notified.await;
+            }
+        }
+        let mut read = std::pin::pin!(self.shard.get(pkey, ts));
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+        let found = match first {
+            std::task::Poll::Ready(found) => found,
+            std::task::Poll::Pending => {
+                let shared = Rc::new(SharedRead {
+                    pkey: pkey.to_vec(),
+                    ts,
+                    result: RefCell::new(None),
+                    done: crate::sync::Notify::default(),
+                });
+                self.reads_in_flight.borrow_mut().entry(hash).or_default().push(shared.clone());
+                let found = read.await;
+                let outcome = read_outcome(found);
+                let mut map = self.reads_in_flight.borrow_mut();
+                if let Some(reads) = map.get_mut(&hash) {
+                    reads.retain(|r| !Rc::ptr_eq(r, &shared));
+                    if reads.is_empty() {
+                        map.remove(&hash);
+                    }
+                }
+                drop(map);
+                *shared.result.borrow_mut() = Some(outcome.clone());
+                shared.done.notify();
+                return outcome;
+            }
+        };
+        read_outcome(found)
+    }
+
     fn answer_write(&self, reply: Reply, to: ReplyTo, result: Result<u64, WriteError>) {
         match result {
             Ok(version) => self.respond(reply, Status::Ok, |out| protocol::encode_written(out, to, version)),
@@ -653,12 +715,7 @@ impl Server {
     }
 
     fn answer_read_error(&self, reply: Reply, to: ReplyTo, error: &ReadError) {
-        let status = match error {
-            ReadError::BadKey(_) => Status::BadRequest,
-            ReadError::Table(crate::lsm::table::TableError::Corrupted { .. }) => Status::Corrupted,
-            ReadError::Table(_) => Status::Internal,
-        };
-        self.fail(reply, to, status, &error.to_string());
+        self.fail(reply, to, read_error_status(error), &error.to_string());
     }
 
     fn stats_text(&self) -> String {
@@ -680,6 +737,21 @@ impl Server {
             self.net.stats().open_connections,
             self.shard.read_only_reason().unwrap_or_else(|| "no".into()),
         )
+    }
+}
+
+fn read_outcome(found: Result<Option<(u64, Vec<u8>)>, ReadError>) -> ReadOutcome {
+    match found {
+        Ok(found) => Ok(found.map(|(version, value)| (version, Rc::from(value)))),
+        Err(error) => Err((read_error_status(&error), error.to_string())),
+    }
+}
+
+fn read_error_status(error: &ReadError) -> Status {
+    match error {
+        ReadError::BadKey(_) => Status::BadRequest,
+        ReadError::Table(crate::lsm::table::TableError::Corrupted { .. }) => Status::Corrupted,
+        ReadError::Table(_) => Status::Internal,
     }
 }
 
