@@ -120,7 +120,7 @@ struct SharedRead {
 }
 
 /// What a GET found: a value and its version, nothing, or a failure to answer with.
-type ReadOutcome = Result<Option<(u64, Rc<[u8]>)>, (Status, String)>;
+type ReadOutcome = Result<Option<(u64, Vec<u8>)>, (Status, String)>;
 
 /// A request waiting for a slot.
 struct Waiting {
@@ -694,8 +694,11 @@ impl Server {
                     }
                 }
                 drop(map);
-                *shared.result.borrow_mut() = Some(outcome.clone());
-                shared.done.notify();
+                // Waiters hold the shared read: copy the answer only when someone waits.
+                if Rc::strong_count(&shared) > 1 {
+                    *shared.result.borrow_mut() = Some(outcome.clone());
+                    shared.done.notify();
+                }
                 return outcome;
             }
         };
@@ -742,7 +745,7 @@ impl Server {
 
 fn read_outcome(found: Result<Option<(u64, Vec<u8>)>, ReadError>) -> ReadOutcome {
     match found {
-        Ok(found) => Ok(found.map(|(version, value)| (version, Rc::from(value)))),
+        Ok(found) => Ok(found),
         Err(error) => Err((read_error_status(&error), error.to_string())),
     }
 }
