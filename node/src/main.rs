@@ -250,6 +250,7 @@ fn serve(cfg: &Config) -> i32 {
                 },
                 default_deadline: cfg.admission.default_deadline.0,
                 client_stall: cfg.limits.client_stall.0,
+                frame_body_max: cfg.limits.frame_max.0.min(u64::from(strata_format::protocol::FRAME_BODY_MAX)) as u32,
             },
             metrics: shard_metrics[index].clone(),
             listen,

@@ -60,6 +60,8 @@ pub struct ServerOptions {
     pub default_deadline: Duration,
     /// A connection whose peer reads nothing this long is closed.
     pub client_stall: Duration,
+    /// The largest request body accepted (`limits.frame-max`, at most `FRAME_BODY_MAX`).
+    pub frame_body_max: u32,
 }
 
 /// Where a response goes: a connection of this core, or one of another core (forwarded).
@@ -258,6 +260,20 @@ impl Server {
             if header.response {
                 self.metrics.bad_frames.fetch_add(1, Relaxed);
                 self.net.close(conn, "the peer sent a response frame to the server");
+                return input.len();
+            }
+            if header.body_len > self.options.frame_body_max {
+                // Above this node's limit (below the protocol's): answered, then closed, since the
+                // body will not be read and the stream is out of step.
+                self.metrics.bad_frames.fetch_add(1, Relaxed);
+                let reason = format!(
+                    "a body of {} bytes is above this node's frame limit of {} bytes",
+                    header.body_len, self.options.frame_body_max
+                );
+                let to = header.reply_to();
+                self.metrics.response(Status::TooLarge);
+                self.net.send_with(conn, |out| protocol::encode_failure(out, to, Status::TooLarge, &reason));
+                self.net.close_after_send(conn, &reason);
                 return input.len();
             }
             let Some(body) = input[consumed + HEADER_SIZE..].get(..header.body_len as usize) else {
