@@ -509,9 +509,9 @@ fn tickets_gate_every_pkey_and_bad_expired_or_out_of_scope_ones_are_refused() {
     // No ticket: PING is answered, every pkey is refused.
     let mut anonymous = client_with(&node, None, false);
     anonymous.ping().unwrap();
-    assert_unauthorized(anonymous.get(b"alice/x", ts), "does not allow pkey alice/x");
-    assert_unauthorized(anonymous.put(b"alice/x", ts, b"v"), "does not allow");
-    assert_unauthorized(client_with(&node, None, true).put(b"bob/x", ts, b"v"), "does not allow");
+    assert_unauthorized(anonymous.get(b"alice/x", ts), "requires a ticket");
+    assert_unauthorized(anonymous.put(b"alice/x", ts, b"v"), "requires a ticket");
+    assert_unauthorized(client_with(&node, None, true).put(b"bob/x", ts, b"v"), "requires a ticket");
 
     // Tickets the node must refuse at AUTH.
     let other_secret: Vec<u8> = secret.iter().map(|b| b ^ 0x5a).collect();

@@ -362,6 +362,10 @@ impl Server {
             let message = format!("the connection's ticket expired at unix second {expired_at_s}: AUTH with a new one");
             return self.fail(reply, to, Status::Unauthorized, &message);
         }
+        if self.options.ticket_secret.is_some() && self.conns.borrow().get(&conn).is_none_or(|c| c.ticket.is_none()) {
+            let message = "this node requires a ticket: send AUTH with one first";
+            return self.fail(reply, to, Status::Unauthorized, message);
+        }
         let (target, denied) = self.route_and_check(conn, &request);
         if let Some(pkey) = denied {
             let message = format!("the connection's ticket does not allow pkey {}", String::from_utf8_lossy(pkey));
