@@ -115,16 +115,6 @@ fn measure(args: &Args, server: &Server, workload: &'static str, op: Op, quota: 
     })
 }
 
-/// Loads every key once (for the GET workloads).
-fn preload(args: &Args, server: &Server) -> Result<(), String> {
-    let load = spec(args, server, Op::Put, Keys::Sequential(args.keys), 16, 600.0);
-    let result = loadgen::run(&load)?;
-    if result.ok != args.keys {
-        return Err(format!("preload stored {} of {} keys on {}", result.ok, args.keys, server.kind.name()));
-    }
-    Ok(())
-}
-
 pub fn run(args: &Args) -> Result<Report, String> {
     strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
@@ -144,7 +134,8 @@ pub fn run(args: &Args) -> Result<Report, String> {
         }
         for kind in [ServerKind::Strata, ServerKind::RedisNoPersistence] {
             let mut server = Server::start(kind, args.server_cpu, &args.dir.join("server"), STRATA_IN_MEMORY)?;
-            preload(args, &server)?;
+            let proto = if kind == ServerKind::Strata { Proto::Native } else { Proto::Resp };
+            loadgen::preload(server.addr, proto, args.keys, args.value_bytes, args.connections)?;
             if let Some(percent) = quota {
                 server.limit_cpu(percent)?;
             }

@@ -284,14 +284,14 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     sleep(Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 2.0))).await;
     let (hits0, misses0, _) = shard.cache_stats();
     let before = stat_file.as_deref().and_then(devstat::read);
-    let cpu0 = process_cpu_us();
+    let cpu0 = crate::procstat::cpu_us("self");
     measuring.set(true);
     let started = Instant::now();
     sleep(Duration::from_secs_f64(args.seconds)).await;
     measuring.set(false);
     let elapsed = started.elapsed();
     let after = stat_file.as_deref().and_then(devstat::read);
-    let cpu_us = process_cpu_us() - cpu0;
+    let cpu_us = crate::procstat::cpu_us("self") - cpu0;
     let (hits1, misses1, cache_bytes) = shard.cache_stats();
     running.set(false);
     for reader in readers {
@@ -317,7 +317,7 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
         pinned_bytes: shard.pinned_bytes(),
         cache_bytes,
         device_reads: before.zip(after).map(|(b, a)| a.reads - b.reads),
-        rss_bytes: rss_bytes(),
+        rss_bytes: crate::procstat::rss_bytes("self"),
         cpu_us,
     };
     shard.close().await;
@@ -361,27 +361,6 @@ async fn scan_pages(
     }
     let latency = histogram.borrow().clone();
     Ok((pages.get(), elapsed, latency))
-}
-
-/// CPU time (user + system) this process has used, in microseconds, from /proc/self/stat.
-pub fn process_cpu_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 12th and 13th after the name.
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    (field(11) + field(12)) * 1_000_000 / 100
-}
-
-/// This process's resident set size, from /proc/self/status.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// RocksDB's db_bench: load the same number of entries, then readrandom with as many threads

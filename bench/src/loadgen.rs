@@ -182,7 +182,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     let (mut sent, mut ok, mut ok_in_deadline, mut not_found, mut rejected, mut failed, mut offered) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut client_shed = 0u64;
-    let cpu0 = crate::engine_get::process_cpu_us();
+    let cpu0 = crate::procstat::cpu_us("self");
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(spec.seconds);
     let mut next_due = start;
@@ -363,7 +363,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     }
     let elapsed = start.elapsed().min(Duration::from_secs_f64(spec.seconds)).max(Duration::from_millis(1));
     let elapsed = if exhausted { start.elapsed() } else { elapsed };
-    let generator_cpu_us = crate::engine_get::process_cpu_us().saturating_sub(cpu0);
+    let generator_cpu_us = crate::procstat::cpu_us("self").saturating_sub(cpu0);
     let unanswered = conns.iter().map(|c| c.outstanding() as u64).sum();
     if conns.iter().all(|c| c.broken) {
         return Err(format!("every connection to {} broke", spec.addr));
@@ -383,6 +383,35 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
         offered: if offered == 0 { sent } else { offered },
         client_shed,
     })
+}
+
+/// Stores every key `0..keys` once (refused puts are sent again), for the workloads that read.
+pub fn preload(
+    addr: SocketAddr,
+    proto: Proto,
+    keys: u64,
+    value_bytes: usize,
+    connections: usize,
+) -> Result<(), String> {
+    let spec = LoadSpec {
+        addr,
+        proto,
+        op: Op::Put,
+        keys: Keys::Sequential(keys),
+        value_bytes,
+        connections,
+        arrival: Arrival::Closed { depth: 16 },
+        seconds: 3600.0,
+        deadline: Duration::from_secs(10),
+        priority: Priority::Highest,
+        seed: 1,
+        backoff: true,
+    };
+    let result = run(&spec)?;
+    if result.ok < keys {
+        return Err(format!("preload stored {} of {keys} keys on {addr} ({} refused)", result.ok, result.rejected));
+    }
+    Ok(())
 }
 
 /// Runs one load pinned to a core and describes what it measured.

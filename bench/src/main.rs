@@ -8,6 +8,7 @@ mod engine_put;
 mod fio;
 mod loadgen;
 mod overload;
+mod procstat;
 mod servers;
 
 use bpaf::Bpaf;

@@ -87,7 +87,6 @@ shard-inflight-requests-max = 2
 "#;
 
 fn load(args: &Args, server: &Server, keys: Keys, arrival: Arrival, seconds: f64, backoff: bool) -> LoadSpec {
-    let _ = server;
     LoadSpec {
         addr: server.addr,
         proto: Proto::Native,
@@ -107,18 +106,6 @@ fn load(args: &Args, server: &Server, keys: Keys, arrival: Arrival, seconds: f64
 /// The `[shard]` part of a configuration (its `[limits]` apply only while measuring).
 fn config_without_limits(config: &str) -> &str {
     config.split("[limits]").next().unwrap_or(config)
-}
-
-fn preload(args: &Args, server: &Server, keys: u64) -> Result<(), String> {
-    let mut spec = load(args, server, Keys::Sequential(keys), Arrival::Closed { depth: 16 }, 3600.0, true);
-    spec.op = Op::Put;
-    spec.deadline = Duration::from_secs(10);
-    spec.priority = Priority::Highest;
-    let result = loadgen::run(&spec)?;
-    if result.ok < keys {
-        return Err(format!("preload stored {} of {keys} keys ({} refused)", result.ok, result.rejected));
-    }
-    Ok(())
 }
 
 fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadResult) -> Step {
@@ -150,7 +137,7 @@ fn workload(
     // Load with default limits, then serve the measurements with the workload's own.
     let dir = args.dir.join("server");
     let server = Server::start(ServerKind::Strata, args.server_cpu, &dir, config_without_limits(config))?;
-    preload(args, &server, keys)?;
+    loadgen::preload(server.addr, Proto::Native, keys, args.value_bytes, args.connections)?;
     // Let flushes and compactions settle before measuring.
     std::thread::sleep(Duration::from_secs(2));
     server.stop();

@@ -139,18 +139,13 @@ impl Server {
     /// CPU time (user + system) the server has used, µs.
     #[must_use]
     pub fn cpu_us(&self) -> u64 {
-        pid_cpu_us(self.pid())
+        crate::procstat::cpu_us(&self.pid().to_string())
     }
 
     /// Resident set size, bytes.
     #[must_use]
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        crate::procstat::rss_bytes(&self.pid().to_string())
     }
 
     /// Holds the server to `percent` of one CPU with a cgroup v1 CFS quota.
@@ -185,17 +180,6 @@ impl Drop for Server {
             }
         }
     }
-}
-
-/// CPU time (user + system) of process `pid`, µs.
-#[must_use]
-pub fn pid_cpu_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime, in clock ticks of 1/100 s.
-    (field(11) + field(12)) * 1_000_000 / 100
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -906,17 +906,36 @@ impl<'a> Request<'a> {
     }
 }
 
-/// The keys of an MGET, checked when the request was decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MGetItems<'a> {
+/// The items of a batch (MGET keys, MPUT writes, SCAN entries, MGET and MPUT results), whose
+/// bytes were checked when the frame was decoded: they are iterated without allocating.
+pub struct Batch<'a, T> {
     items: &'a [u8],
-    count: u16,
+    count: usize,
+    read: fn(&mut Reader<'a>) -> Result<T, ProtocolError>,
 }
 
-impl<'a> MGetItems<'a> {
+/// The keys of an MGET.
+pub type MGetItems<'a> = Batch<'a, Key<'a>>;
+/// The writes of an MPUT.
+pub type MPutItems<'a> = Batch<'a, Put<'a>>;
+/// An MGET answer, items in request order.
+pub type MGetResults<'a> = Batch<'a, MGetResult<'a>>;
+/// An MPUT answer, items in request order.
+pub type MPutResults<'a> = Batch<'a, MPutResult>;
+
+impl<'a, T> Batch<'a, T> {
+    /// Checks `count` items at the reader's position and takes their bytes.
+    fn take(
+        reader: &mut Reader<'a>,
+        count: usize,
+        read: fn(&mut Reader<'a>) -> Result<T, ProtocolError>,
+    ) -> Result<Self, ProtocolError> {
+        Ok(Self { items: reader.items(count, read)?, count, read })
+    }
+
     #[must_use]
     pub fn len(&self) -> usize {
-        self.count.into()
+        self.count
     }
 
     #[must_use]
@@ -925,47 +944,37 @@ impl<'a> MGetItems<'a> {
     }
 
     #[must_use]
-    pub fn iter(&self) -> Items<'a, Key<'a>> {
-        Items { reader: Reader::new(self.items), remaining: self.count.into(), read: Reader::key }
+    pub fn iter(&self) -> Items<'a, T> {
+        Items { reader: Reader::new(self.items), remaining: self.count, read: self.read }
     }
 }
 
-impl<'a> IntoIterator for MGetItems<'a> {
-    type Item = Key<'a>;
-    type IntoIter = Items<'a, Key<'a>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
+impl<T> Clone for Batch<'_, T> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
 
-/// The writes of an MPUT, checked when the request was decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MPutItems<'a> {
-    items: &'a [u8],
-    count: u16,
-}
+impl<T> Copy for Batch<'_, T> {}
 
-impl<'a> MPutItems<'a> {
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.count.into()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    #[must_use]
-    pub fn iter(&self) -> Items<'a, Put<'a>> {
-        Items { reader: Reader::new(self.items), remaining: self.count.into(), read: Reader::put }
+impl<T> PartialEq for Batch<'_, T> {
+    /// Batches are equal when their bytes are: the item type fixes how they are read.
+    fn eq(&self, other: &Self) -> bool {
+        self.items == other.items && self.count == other.count
     }
 }
 
-impl<'a> IntoIterator for MPutItems<'a> {
-    type Item = Put<'a>;
-    type IntoIter = Items<'a, Put<'a>>;
+impl<T> Eq for Batch<'_, T> {}
+
+impl<T> std::fmt::Debug for Batch<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("count", &self.count).field("bytes", &self.items.len()).finish()
+    }
+}
+
+impl<'a, T> IntoIterator for Batch<'a, T> {
+    type Item = T;
+    type IntoIter = Items<'a, T>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
@@ -1045,11 +1054,11 @@ fn parse_request(opcode: Opcode, body: &[u8]) -> Result<Request<'_>, ProtocolErr
         }
         Opcode::MGet => {
             let count = reader.batch_count()?;
-            Request::MGet(MGetItems { items: reader.items(count.into(), Reader::key)?, count })
+            Request::MGet(Batch::take(&mut reader, count.into(), Reader::key)?)
         }
         Opcode::MPut => {
             let count = reader.batch_count()?;
-            Request::MPut(MPutItems { items: reader.items(count.into(), Reader::put)?, count })
+            Request::MPut(Batch::take(&mut reader, count.into(), Reader::put)?)
         }
         Opcode::Stats => Request::Stats,
     };
@@ -1100,12 +1109,12 @@ pub fn encode_request(out: &mut Vec<u8>, head: RequestHead, request: &Request<'_
         Request::DeleteRange { pkey, ts_from, ts_to } => encode_delete_range(out, head, pkey, ts_from, ts_to),
         Request::Scan(scan) => encode_scan(out, head, &scan),
         Request::MGet(items) => encode_request_with(out, head, Opcode::MGet, |out| {
-            put_u16(out, items.count);
+            put_u16(out, items.count as u16);
             out.extend_from_slice(items.items);
             Ok(())
         }),
         Request::MPut(items) => encode_request_with(out, head, Opcode::MPut, |out| {
-            put_u16(out, items.count);
+            put_u16(out, items.count as u16);
             out.extend_from_slice(items.items);
             Ok(())
         }),
@@ -1309,78 +1318,20 @@ pub struct MPutResult {
     pub version: Version,
 }
 
-/// A SCAN answer, checked when it was decoded.
+/// A SCAN answer: its entries (a [`Batch`]) and whether the server cut it short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanEntries<'a> {
-    items: &'a [u8],
-    count: u32,
+    entries: Batch<'a, ScanEntry<'a>>,
     /// The server stopped before `limit` entries and before `ts_to` because the answer would
     /// have passed `FRAME_BODY_MAX`; scan again from after the last entry.
     pub truncated: bool,
 }
 
-impl<'a> ScanEntries<'a> {
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
+impl<'a> std::ops::Deref for ScanEntries<'a> {
+    type Target = Batch<'a, ScanEntry<'a>>;
 
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    #[must_use]
-    pub fn iter(&self) -> Items<'a, ScanEntry<'a>> {
-        Items { reader: Reader::new(self.items), remaining: self.len(), read: read_scan_entry }
-    }
-}
-
-/// An MGET answer, checked when it was decoded; items are in request order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MGetResults<'a> {
-    items: &'a [u8],
-    count: u16,
-}
-
-impl<'a> MGetResults<'a> {
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.count.into()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    #[must_use]
-    pub fn iter(&self) -> Items<'a, MGetResult<'a>> {
-        Items { reader: Reader::new(self.items), remaining: self.len(), read: read_mget_result }
-    }
-}
-
-/// An MPUT answer, checked when it was decoded; items are in request order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MPutResults<'a> {
-    items: &'a [u8],
-    count: u16,
-}
-
-impl<'a> MPutResults<'a> {
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.count.into()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    #[must_use]
-    pub fn iter(&self) -> Items<'a, MPutResult> {
-        Items { reader: Reader::new(self.items), remaining: self.len(), read: read_mput_result }
+    fn deref(&self) -> &Self::Target {
+        &self.entries
     }
 }
 
@@ -1490,16 +1441,16 @@ fn parse_ok_response<'a>(opcode: Opcode, reader: &mut Reader<'a>) -> Result<Resp
                 return Err(ProtocolError::ScanLimit { limit: count, max: SCAN_LIMIT_MAX });
             }
             let truncated = reader.flag("truncated")?;
-            let items = reader.items(count as usize, read_scan_entry)?;
-            Response::Scan(ScanEntries { items, count, truncated })
+            let entries = Batch::take(reader, count as usize, read_scan_entry)?;
+            Response::Scan(ScanEntries { entries, truncated })
         }
         Opcode::MGet => {
             let count = reader.batch_count()?;
-            Response::MGet(MGetResults { items: reader.items(count.into(), read_mget_result)?, count })
+            Response::MGet(Batch::take(reader, count.into(), read_mget_result)?)
         }
         Opcode::MPut => {
             let count = reader.batch_count()?;
-            Response::MPut(MPutResults { items: reader.items(count.into(), read_mput_result)?, count })
+            Response::MPut(Batch::take(reader, count.into(), read_mput_result)?)
         }
         Opcode::Stats => Response::Stats {
             text: std::str::from_utf8(reader.rest()).map_err(|_| ProtocolError::BadUtf8 { field: "stats" })?,

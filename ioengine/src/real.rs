@@ -77,7 +77,7 @@ impl Disk for DmaDisk {
     }
 
     async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError> {
-        self.create_dirs(path).await?;
+        create_dirs(path).await?;
         prime_iopoll_probe(path).await
     }
 
@@ -143,23 +143,22 @@ async fn prime_iopoll_probe(dir: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-impl DmaDisk {
-    async fn create_dirs(&self, path: &Path) -> Result<(), DiskError> {
-        let mut missing = Vec::new();
-        let mut cursor = Some(path);
-        while let Some(dir) = cursor {
-            if dir.as_os_str().is_empty() || dir.exists() {
-                break;
-            }
-            missing.push(dir.to_path_buf());
-            cursor = dir.parent();
+/// Creates a directory and its missing parents, fsyncing each parent it changed.
+pub(crate) async fn create_dirs(path: &Path) -> Result<(), DiskError> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(path);
+    while let Some(dir) = cursor {
+        if dir.as_os_str().is_empty() || dir.exists() {
+            break;
         }
-        for dir in missing.iter().rev() {
-            std::fs::create_dir(dir).map_err(|e| DiskError::new("create directory", dir, None, e))?;
-            sync_dir("fsync directory after mkdir", parent_of(dir)).await?;
-        }
-        Ok(())
+        missing.push(dir.to_path_buf());
+        cursor = dir.parent();
     }
+    for dir in missing.iter().rev() {
+        std::fs::create_dir(dir).map_err(|e| DiskError::new("create directory", dir, None, e))?;
+        sync_dir("fsync directory after mkdir", parent_of(dir)).await?;
+    }
+    Ok(())
 }
 
 pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, DiskError> {

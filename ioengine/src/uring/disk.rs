@@ -6,7 +6,7 @@
 
 use super::{AlignedBuf, submit_op};
 use crate::disk::{DirLock, Disk, DiskError, DiskFile, check_alignment};
-use crate::real::{list_dir, lock_dir, parent_of, statvfs_space, sync_dir};
+use crate::real::{create_dirs, list_dir, lock_dir, parent_of, statvfs_space, sync_dir};
 use io_uring::{opcode, types};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -61,20 +61,7 @@ impl Disk for UringDisk {
     }
 
     async fn create_dir_all(&self, path: &Path) -> Result<(), DiskError> {
-        let mut missing = Vec::new();
-        let mut cursor = Some(path);
-        while let Some(dir) = cursor {
-            if dir.as_os_str().is_empty() || dir.exists() {
-                break;
-            }
-            missing.push(dir.to_path_buf());
-            cursor = dir.parent();
-        }
-        for dir in missing.iter().rev() {
-            std::fs::create_dir(dir).map_err(|e| DiskError::new("create directory", dir, None, e))?;
-            sync_dir("fsync directory after mkdir", parent_of(dir)).await?;
-        }
-        Ok(())
+        create_dirs(path).await
     }
 
     async fn space(&self, dir: &Path) -> Result<(u64, u64), DiskError> {

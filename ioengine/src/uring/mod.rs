@@ -88,16 +88,6 @@ struct OpSlot {
     keep: Option<Box<dyn Any>>,
 }
 
-/// Counters of one runtime, for metrics and benches.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RuntimeStats {
-    pub turns: u64,
-    pub parks: u64,
-    pub tasks_polled: u64,
-    pub ops_submitted: u64,
-    pub completions: u64,
-}
-
 struct Inner {
     ring: RefCell<IoUring>,
     ops: RefCell<Vec<OpSlot>>,
@@ -111,7 +101,6 @@ struct Inner {
     handler: RefCell<Option<Rc<dyn CompletionHandler>>>,
     remote: Arc<RemoteShared>,
     remote_buf: Box<[u8; 8]>,
-    stats: Cell<RuntimeStats>,
     /// Entries pushed since the last submit.
     unsubmitted: Cell<u32>,
     /// When the loop last found nothing to do and slept in the kernel.
@@ -176,12 +165,6 @@ pub fn remote() -> Remote {
 #[must_use]
 pub fn busy_since_idle() -> std::time::Duration {
     with_current(|inner| inner.idle_at.get().elapsed())
-}
-
-/// Counters of the current thread's runtime.
-#[must_use]
-pub fn stats() -> RuntimeStats {
-    with_current(|inner| inner.stats.get())
 }
 
 /// Why a runtime could not start.
@@ -329,21 +312,13 @@ impl Inner {
             handler: RefCell::default(),
             remote: Arc::new(RemoteShared { eventfd, queue: Mutex::default() }),
             remote_buf: Box::new([0; 8]),
-            stats: Cell::default(),
             unsubmitted: Cell::new(0),
             idle_at: Cell::new(std::time::Instant::now()),
         })
     }
 
-    fn bump(&self, f: impl FnOnce(&mut RuntimeStats)) {
-        let mut stats = self.stats.get();
-        f(&mut stats);
-        self.stats.set(stats);
-    }
-
     /// Pushes one entry, submitting (and parking completions aside) when the queue is full.
     fn push(&self, entry: &squeue::Entry) {
-        self.bump(|s| s.ops_submitted += 1);
         self.unsubmitted.set(self.unsubmitted.get() + 1);
         let mut ring = self.ring.borrow_mut();
         loop {
@@ -402,7 +377,6 @@ impl Inner {
             task.future.take()
         };
         let Some(mut future) = future else { return };
-        self.bump(|s| s.tasks_polled += 1);
         let waker = task_waker(id);
         let mut cx = Context::from_waker(&waker);
         let done = future.as_mut().poll(&mut cx).is_ready();
@@ -459,13 +433,11 @@ impl Inner {
             if let Some(handler) = &handler {
                 handler.flush();
             }
-            self.bump(|s| s.turns += 1);
             let wait = !self.has_ready() && self.reaped.borrow().is_empty();
             {
                 self.unsubmitted.set(0);
                 let mut ring = self.ring.borrow_mut();
                 let result = if wait {
-                    self.bump(|s| s.parks += 1);
                     let before = std::time::Instant::now();
                     let result = ring.submit_and_wait(1);
                     let after = std::time::Instant::now();
@@ -487,7 +459,6 @@ impl Inner {
                     completions.push((cqe.user_data(), cqe.result(), cqe.flags()));
                 }
             }
-            self.bump(|s| s.completions += completions.len() as u64);
             for (user_data, result, flags) in completions.drain(..) {
                 self.dispatch(user_data, result, flags, handler.as_deref());
             }

@@ -357,16 +357,27 @@ impl Server {
             _ => {}
         }
         // Every other request names pkeys: check them against the ticket and find their shard.
-        // A ticket is honoured until its expiry second, also on a connection opened before.
-        if let Some(expired_at_s) = self.expired_ticket(conn) {
-            let message = format!("the connection's ticket expired at unix second {expired_at_s}: AUTH with a new one");
-            return self.fail(reply, to, Status::Unauthorized, &message);
+        let (ticket, shard_port) =
+            self.conns.borrow().get(&conn).map_or((None, false), |c| (c.ticket.clone(), c.shard_port));
+        if self.options.ticket_secret.is_some() {
+            let Some(ticket) = &ticket else {
+                return self.fail(
+                    reply,
+                    to,
+                    Status::Unauthorized,
+                    "this node requires a ticket: send AUTH with one first",
+                );
+            };
+            // A ticket is honoured until its expiry second, also on a connection opened before.
+            if SystemClock::now_us_static() / 1_000_000 >= ticket.expires_at_s {
+                let message = format!(
+                    "the connection's ticket expired at unix second {}: AUTH with a new one",
+                    ticket.expires_at_s
+                );
+                return self.fail(reply, to, Status::Unauthorized, &message);
+            }
         }
-        if self.options.ticket_secret.is_some() && self.conns.borrow().get(&conn).is_none_or(|c| c.ticket.is_none()) {
-            let message = "this node requires a ticket: send AUTH with one first";
-            return self.fail(reply, to, Status::Unauthorized, message);
-        }
-        let (target, denied) = self.route_and_check(conn, &request);
+        let (target, denied) = self.route_and_check(ticket.as_deref(), &request);
         if let Some(pkey) = denied {
             let message = format!("the connection's ticket does not allow pkey {}", String::from_utf8_lossy(pkey));
             return self.fail(reply, to, Status::Unauthorized, &message);
@@ -376,7 +387,6 @@ impl Server {
             Err(message) => return self.fail(reply, to, Status::BadRequest, message),
         };
         if target != self.options.shard_index {
-            let shard_port = self.conns.borrow().get(&conn).is_some_and(|c| c.shard_port);
             if shard_port {
                 let message = format!("pkey belongs to shard {target}");
                 return self.respond(reply, Status::WrongShard, |out| {
@@ -388,32 +398,16 @@ impl Server {
         self.admit_and_serve(reply, header, body);
     }
 
-    /// The expiry second of the connection's ticket, if it has passed.
-    fn expired_ticket(&self, conn: ConnId) -> Option<u64> {
-        self.options.ticket_secret.as_ref()?;
-        let expires_at_s = self.conns.borrow().get(&conn)?.ticket.as_ref()?.expires_at_s;
-        let now_s = SystemClock::now_us_static() / 1_000_000;
-        (now_s >= expires_at_s).then_some(expires_at_s)
-    }
-
     /// The shard all pkeys of `request` belong to, and the first pkey the ticket denies.
     fn route_and_check<'a>(
         &self,
-        conn: ConnId,
+        ticket: Option<&Ticket>,
         request: &Request<'a>,
     ) -> (Result<usize, &'static str>, Option<&'a [u8]>) {
-        let ticket = if self.options.ticket_secret.is_some() {
-            match self.conns.borrow().get(&conn).and_then(|c| c.ticket.clone()) {
-                Some(ticket) => Some(ticket),
-                None => return (Ok(self.options.shard_index), Some(request.pkey().unwrap_or(b"(any)"))),
-            }
-        } else {
-            None
-        };
         let shard_count = self.options.shard_count as u16;
         let mut target: Option<usize> = None;
         let mut check = |pkey: &'a [u8]| -> Result<Option<&'a [u8]>, &'static str> {
-            if let Some(ticket) = &ticket
+            if let Some(ticket) = ticket
                 && !ticket.allows(pkey)
             {
                 return Ok(Some(pkey));
