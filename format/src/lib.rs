@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checksum;
+pub mod cold;
 pub mod key;
 pub mod manifest;
 pub mod protocol;

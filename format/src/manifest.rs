@@ -77,6 +77,45 @@ impl RangeTombstone {
     }
 }
 
+/// The level of a sunk window's link tables: their entries' values are [`crate::cold::ColdLink`]s
+/// to cold blocks (tombstones stay tombstones).
+pub const LEVEL_COLD_LINKS: u8 = 2;
+
+/// A window sunk to the cold tier: where its blocks are, and how they were placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdWindow {
+    pub window: u64,
+    /// The placement epoch the window was first sunk in (kept by later sinks of it).
+    pub epoch: u32,
+    /// Disks in that epoch: placement of the window's buckets is `disk_of(bucket, window, disks)`.
+    pub disks: u16,
+    /// The sink that wrote the live files; each later sink of the window writes the next one.
+    pub generation: u32,
+    /// Part files per disk (index: disk), each numbered `0..parts`.
+    pub parts: Vec<u16>,
+    pub blocks: u64,
+    pub entries: u64,
+    /// Bytes of blocks on the cold disks.
+    pub bytes: u64,
+}
+
+/// A sink in progress: files of this window and generation may exist and are not yet live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkIntent {
+    pub window: u64,
+    pub generation: u32,
+    pub epoch: u32,
+}
+
+/// What an edit does to the sink intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IntentChange {
+    #[default]
+    Unchanged,
+    Set(SinkIntent),
+    Cleared,
+}
+
 /// One edit: tables added and removed, and the shard-wide counters that move with them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ManifestEdit {
@@ -94,6 +133,11 @@ pub struct ManifestEdit {
     pub removed: Vec<u64>,
     /// Range deletes made durable by this edit (they stay in force).
     pub range_tombstones: Vec<RangeTombstone>,
+    /// Windows whose cold files this edit makes live (replacing an earlier generation).
+    pub cold_windows: Vec<ColdWindow>,
+    /// Windows whose cold files leave the live set (retention dropped them).
+    pub cold_removed: Vec<u64>,
+    pub intent: IntentChange,
 }
 
 /// Why manifest bytes do not decode.
@@ -127,6 +171,9 @@ impl std::fmt::Display for ManifestFormatError {
 }
 
 impl std::error::Error for ManifestFormatError {}
+
+/// Marks the optional cold section at the end of an edit.
+const COLD_SECTION_TAG: u8 = 0xC0;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
@@ -206,6 +253,39 @@ impl ManifestEdit {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
+        // The cold section is written only when it says something, so edits of a shard without
+        // a cold tier keep their original bytes.
+        if !self.cold_windows.is_empty() || !self.cold_removed.is_empty() || self.intent != IntentChange::Unchanged {
+            out.push(COLD_SECTION_TAG);
+            out.extend_from_slice(&(self.cold_windows.len() as u32).to_le_bytes());
+            for c in &self.cold_windows {
+                out.extend_from_slice(&c.window.to_le_bytes());
+                out.extend_from_slice(&c.epoch.to_le_bytes());
+                out.extend_from_slice(&c.disks.to_le_bytes());
+                out.extend_from_slice(&c.generation.to_le_bytes());
+                out.extend_from_slice(&(c.parts.len() as u32).to_le_bytes());
+                for p in &c.parts {
+                    out.extend_from_slice(&p.to_le_bytes());
+                }
+                for v in [c.blocks, c.entries, c.bytes] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&(self.cold_removed.len() as u32).to_le_bytes());
+            for w in &self.cold_removed {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            match self.intent {
+                IntentChange::Unchanged => out.push(0),
+                IntentChange::Set(i) => {
+                    out.push(1);
+                    out.extend_from_slice(&i.window.to_le_bytes());
+                    out.extend_from_slice(&i.generation.to_le_bytes());
+                    out.extend_from_slice(&i.epoch.to_le_bytes());
+                }
+                IntentChange::Cleared => out.push(2),
+            }
+        }
         out
     }
 
@@ -232,7 +312,7 @@ impl ManifestEdit {
             let level = c.u8()?;
             let (file_bytes, entry_count, version_max) = (c.u64()?, c.u64()?, c.u64()?);
             let (key_min, key_max) = (c.bytes()?, c.bytes()?);
-            if level > 1 || key_min > key_max {
+            if level > LEVEL_COLD_LINKS || key_min > key_max {
                 return Err(ManifestFormatError::BadEdit { reason: "bad table level or key range" });
             }
             edit.added.push(TableMeta {
@@ -259,7 +339,35 @@ impl ManifestEdit {
             edit.range_tombstones.push(RangeTombstone { pkey, ts_from, ts_to, version });
         }
         if !c.rest.is_empty() {
-            return Err(ManifestFormatError::BadEdit { reason: "bytes after the edit" });
+            if c.u8()? != COLD_SECTION_TAG {
+                return Err(ManifestFormatError::BadEdit { reason: "bytes after the edit" });
+            }
+            for _ in 0..c.count(42)? {
+                let (window, epoch) = (c.u64()?, c.u32()?);
+                let disks = u16::from_le_bytes(c.take(2)?.try_into().expect("2 bytes"));
+                let generation = c.u32()?;
+                let mut parts = Vec::new();
+                for _ in 0..c.count(2)? {
+                    parts.push(u16::from_le_bytes(c.take(2)?.try_into().expect("2 bytes")));
+                }
+                let (blocks, entries, bytes) = (c.u64()?, c.u64()?, c.u64()?);
+                if disks == 0 || parts.len() != usize::from(disks) || generation == 0 {
+                    return Err(ManifestFormatError::BadEdit { reason: "bad cold window" });
+                }
+                edit.cold_windows.push(ColdWindow { window, epoch, disks, generation, parts, blocks, entries, bytes });
+            }
+            for _ in 0..c.count(8)? {
+                edit.cold_removed.push(c.u64()?);
+            }
+            edit.intent = match c.u8()? {
+                0 => IntentChange::Unchanged,
+                1 => IntentChange::Set(SinkIntent { window: c.u64()?, generation: c.u32()?, epoch: c.u32()? }),
+                2 => IntentChange::Cleared,
+                _ => return Err(ManifestFormatError::BadEdit { reason: "bad sink intent" }),
+            };
+            if !c.rest.is_empty() {
+                return Err(ManifestFormatError::BadEdit { reason: "bytes after the edit" });
+            }
         }
         Ok(edit)
     }
@@ -341,7 +449,32 @@ mod tests {
             }],
             removed: vec![3, 4, 5],
             range_tombstones: vec![RangeTombstone { pkey: b"u".to_vec(), ts_from: 5, ts_to: 9, version: 77 }],
+            cold_windows: vec![ColdWindow {
+                window: 18_000,
+                epoch: 1,
+                disks: 2,
+                generation: 3,
+                parts: vec![1, 2],
+                blocks: 40,
+                entries: 9000,
+                bytes: 1 << 21,
+            }],
+            cold_removed: vec![17_000],
+            intent: IntentChange::Set(SinkIntent { window: 18_001, generation: 1, epoch: 1 }),
         }
+    }
+
+    #[test]
+    fn manifest_edit_without_cold_section_keeps_its_bytes() {
+        let plain = ManifestEdit {
+            cold_windows: Vec::new(),
+            cold_removed: Vec::new(),
+            intent: IntentChange::Unchanged,
+            ..edit()
+        };
+        let bytes = plain.encode();
+        assert_ne!(bytes.last(), Some(&COLD_SECTION_TAG));
+        assert_eq!(ManifestEdit::decode(&bytes), Ok(plain));
     }
 
     #[test]

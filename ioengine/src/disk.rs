@@ -103,6 +103,9 @@ pub trait DiskFile: 'static {
     async fn fdatasync(&self) -> Result<(), DiskError>;
     /// The file's size in bytes.
     async fn size(&self) -> Result<u64, DiskError>;
+    /// Reserves space so the file is at least `len` bytes (reading as zeros where unwritten).
+    /// The new size is durable only after a later `fdatasync`.
+    async fn allocate(&self, len: u64) -> Result<(), DiskError>;
     /// The path the file was opened at.
     fn path(&self) -> &Path;
 }

@@ -4,6 +4,7 @@
 
 use crate::disk::{DirLock, Disk, DiskError, DiskFile, check_alignment};
 use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 /// Reads larger than this are split: glommio can hang on reads above the device's max sectors
@@ -261,6 +262,17 @@ impl DiskFile for DmaDiskFile {
 
     async fn fdatasync(&self) -> Result<(), DiskError> {
         self.file.fdatasync().await.map_err(|e| DiskError::new("fdatasync", &self.path, None, io_error(e)))
+    }
+
+    async fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        let len = i64::try_from(len)
+            .map_err(|_| DiskError::new("fallocate", &self.path, None, std::io::Error::other("length exceeds i64")))?;
+        // SAFETY: the descriptor is owned by this handle and open; fallocate takes no pointers.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            return Err(DiskError::new("fallocate", &self.path, None, std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     async fn size(&self) -> Result<u64, DiskError> {

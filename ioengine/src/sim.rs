@@ -485,6 +485,25 @@ impl DiskFile for SimFile {
         Ok(())
     }
 
+    async fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        Yield(1).await;
+        self.check_live("fallocate")?;
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let current = state.inodes.get(&self.inode).map_or(0, |i| i.current.len() as u64);
+        if len <= current {
+            return Ok(());
+        }
+        if SimDisk::used_bytes(state) + (len - current) > state.capacity_bytes {
+            return Err(DiskError::new("fallocate", &self.path, Some(current), errno(libc::ENOSPC)));
+        }
+        let inode = state.inodes.get_mut(&self.inode).expect("a live handle's inode exists");
+        let zeros = vec![0u8; (len - current) as usize];
+        write_into(&mut inode.current, current, &zeros);
+        inode.undurable.push((current, zeros));
+        Ok(())
+    }
+
     async fn size(&self) -> Result<u64, DiskError> {
         self.check_live("stat")?;
         let state = self.state.borrow();

@@ -256,6 +256,9 @@ impl<F: DiskFile> DiskFile for TracedFile<F> {
     async fn size(&self) -> Result<u64, DiskError> {
         self.inner.size().await
     }
+    async fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        self.inner.allocate(len).await
+    }
     fn path(&self) -> &Path {
         self.inner.path()
     }

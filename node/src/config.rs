@@ -83,8 +83,35 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticket_secret_file: Option<PathBuf>,
     pub shard: ShardConfig,
+    pub cold: ColdConfig,
     pub limits: LimitsConfig,
     pub admission: AdmissionConfig,
+}
+
+/// `[cold]`: the HDD tier that old windows sink to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ColdConfig {
+    /// One path per HDD, each its own filesystem (no RAID). Empty: four folders under the data
+    /// directory (`hdd0`..`hdd3`) stand in for disks.
+    pub hdd: Vec<PathBuf>,
+    /// Windows that ended longer ago than this are sunk to the HDDs.
+    pub hot_horizon: Span,
+    /// Every cold file is preallocated to this size.
+    pub file_size: ByteSize,
+    /// The sinker writes to each disk at most this fast.
+    pub sink_rate: ByteRate,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        Self {
+            hdd: Vec::new(),
+            hot_horizon: Span::days(7),
+            file_size: ByteSize::gib(1),
+            sink_rate: ByteRate(ByteSize::mib(32)),
+        }
+    }
 }
 
 /// `[shard]`: one shard's memory, time windows and disk use.
@@ -152,6 +179,7 @@ impl Default for Config {
             status_listen: "127.0.0.1:7480".into(),
             ticket_secret_file: None,
             shard: ShardConfig::default(),
+            cold: ColdConfig::default(),
             limits: LimitsConfig::default(),
             admission: AdmissionConfig::default(),
         }
@@ -236,6 +264,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_network()?;
         self.validate_shard()?;
+        self.validate_cold()?;
         self.validate_limits()?;
         self.validate_admission()
     }
@@ -382,6 +411,55 @@ impl Config {
         Ok(())
     }
 
+    /// The cold disks: the configured HDD paths, or the default folders.
+    #[must_use]
+    pub fn hdd_paths(&self) -> Vec<PathBuf> {
+        if self.cold.hdd.is_empty() { crate::disks::default_hdd_paths(&self.data_dir) } else { self.cold.hdd.clone() }
+    }
+
+    /// The cold-tier options of shard `index`, given the node's prepared disks.
+    #[must_use]
+    pub fn cold_options(&self, index: u16, disks: &crate::disks::NodeDisks) -> crate::cold::ColdOptions {
+        let mut cold = crate::cold::ColdOptions::new(disks.roots(), index);
+        cold.epoch = disks.epoch();
+        cold.hot_horizon_us = self.cold.hot_horizon.as_micros_u64();
+        cold.file_bytes = self.cold.file_size.0;
+        cold.sink_bytes_per_s = self.cold.sink_rate.0.0;
+        cold
+    }
+
+    fn validate_cold(&self) -> Result<(), ConfigError> {
+        let c = &self.cold;
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        if c.hdd.iter().any(|p| p.as_os_str().is_empty()) {
+            return invalid("cold.hdd", "lists an empty path".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = c.hdd.iter().find(|p| !seen.insert(*p)) {
+            return invalid("cold.hdd", format!("lists {} twice: each disk is its own filesystem", dup.display()));
+        }
+        let block_min = strata_format::cold::COLD_DATA_START + strata_format::cold::COLD_BLOCK_MAX as u64;
+        if c.file_size.0 < block_min || !c.file_size.0.is_multiple_of(strata_format::BLOCK_SIZE as u64) {
+            return invalid(
+                "cold.file-size",
+                format!("{} must be a multiple of 4 KiB and at least {}", c.file_size, ByteSize(block_min)),
+            );
+        }
+        if c.sink_rate.0.0 == 0 {
+            return invalid("cold.sink-rate", "must be above 0".into());
+        }
+        if c.hot_horizon < self.shard.window {
+            return invalid(
+                "cold.hot-horizon",
+                format!(
+                    "{} is shorter than a window ({}): windows sink whole, once ended",
+                    c.hot_horizon, self.shard.window
+                ),
+            );
+        }
+        Ok(())
+    }
+
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
@@ -451,7 +529,7 @@ impl Config {
     #[must_use]
     pub fn sample_toml() -> String {
         let c = Self::default();
-        let (s, l, a) = (&c.shard, &c.limits, &c.admission);
+        let (s, l, a, cold) = (&c.shard, &c.limits, &c.admission, &c.cold);
         format!(
             r#"# Strata node configuration. Every key is shown at its default: keep only what you change.
 # Command-line flags override this file; --check-config checks a file without starting the node.
@@ -497,6 +575,17 @@ ssd-reserve = "{ssd_reserve}"
 # Below this much free SSD space writes are slowed, more the closer the reserve is.
 ssd-throttle = "{ssd_throttle}"
 
+[cold]
+# One path per HDD, each its own filesystem (no RAID), listed in the order of their labels.
+# Unset or empty: four folders under data-dir (hdd0..hdd3) stand in for disks.
+# hdd = ["/mnt/hdd0", "/mnt/hdd1", "/mnt/hdd2", "/mnt/hdd3"]
+# Windows that ended longer ago than this are sunk to the HDDs.
+hot-horizon = "{hot_horizon}"
+# Every cold file is preallocated to this size.
+file-size = "{file_size}"
+# The sinker writes to each disk at most this fast.
+sink-rate = "{sink_rate}"
+
 [limits]
 # The largest frame body accepted or sent.
 frame-max = "{frame_max}"
@@ -532,6 +621,9 @@ retry-after-min = "{retry_after_min}"
             compaction_rate = s.compaction_rate,
             ssd_reserve = s.ssd_reserve,
             ssd_throttle = s.ssd_throttle,
+            hot_horizon = cold.hot_horizon,
+            file_size = cold.file_size,
+            sink_rate = cold.sink_rate,
             frame_max = l.frame_max,
             connection_output_max = l.connection_output_max,
             connections_max = l.connections_max,
@@ -937,10 +1029,11 @@ mod tests {
         let all = toml::Value::try_from(&full).expect("a config serializes");
         let uncommented = Config::sample_toml()
             .replace("\n# ticket-secret-file", "\nticket-secret-file")
-            .replace("\n# retention", "\nretention");
+            .replace("\n# retention", "\nretention")
+            .replace("\n# hdd", "\nhdd");
         let with_optional: toml::Table = toml::from_str(&uncommented).expect("the uncommented sample is TOML");
         assert_eq!(keys(&toml::Value::Table(with_optional)), keys(&all));
-        assert!(keys(&toml::Value::Table(written)).len() + 2 == keys(&all).len());
+        assert!(keys(&toml::Value::Table(written)).len() + 3 == keys(&all).len());
     }
 
     fn keys(value: &toml::Value) -> Vec<String> {

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cold;
 pub mod config;
+pub mod disks;
 pub mod error;
 pub mod lsm;
 pub mod memtable;

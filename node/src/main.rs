@@ -122,7 +122,7 @@ fn main() {
             serve(&cfg)
         }
         Command::CheckEnv { data_dir } => {
-            if env_ok(&data_dir) {
+            if env_ok(&data_dir, &[]) {
                 0
             } else {
                 1
@@ -133,9 +133,11 @@ fn main() {
 }
 
 /// Runs the start-up checks, printing each finding; true when all pass.
-fn env_ok(data_dir: &Path) -> bool {
+fn env_ok(data_dir: &Path, hdd: &[std::path::PathBuf]) -> bool {
     // The uring runtime registers no memory, so the memlock limit does not matter.
-    let req = EnvRequirements { memlock_bytes_needed: 0, direct_io_paths: vec![data_dir.to_path_buf()] };
+    let mut paths = vec![data_dir.to_path_buf()];
+    paths.extend(hdd.iter().cloned());
+    let req = EnvRequirements { memlock_bytes_needed: 0, direct_io_paths: paths };
     let mut ok = true;
     for finding in check_environment(&req) {
         if finding.ok {
@@ -153,6 +155,7 @@ struct ShardPlan {
     index: usize,
     cpu: usize,
     config: Arc<Config>,
+    disks: Arc<strata_node::disks::NodeDisks>,
     server: ServerOptions,
     metrics: Arc<ShardMetrics>,
     listen: SocketAddr,
@@ -174,10 +177,6 @@ fn serve(cfg: &Config) -> i32 {
             return 2;
         }
     };
-    if !env_ok(&cfg.data_dir) {
-        tracing::error!("start-up checks failed; fix the findings above and start again");
-        return 1;
-    }
     let _lock = match lock_data_dir(&cfg.data_dir) {
         Ok(lock) => lock,
         Err(e) => {
@@ -187,6 +186,27 @@ fn serve(cfg: &Config) -> i32 {
     };
     if let Err(e) = check_shard_count(&cfg.data_dir, shard_count) {
         tracing::error!("{e}");
+        return 1;
+    }
+    let disks = match strata_node::disks::prepare(&cfg.data_dir, &cfg.hdd_paths(), cfg.cold.hdd.is_empty()) {
+        Ok(disks) => Arc::new(disks),
+        Err(e) => {
+            tracing::error!("{e}");
+            return 1;
+        }
+    };
+    for d in &disks.disks {
+        tracing::info!(
+            disk = d.label.disk,
+            root = %d.root.display(),
+            logical_block_bytes = ?d.logical_block_bytes,
+            rotational = ?d.rotational,
+            joined_epoch = d.label.epoch,
+            "cold disk"
+        );
+    }
+    if !env_ok(&cfg.data_dir, &disks.roots()) {
+        tracing::error!("start-up checks failed; fix the findings above and start again");
         return 1;
     }
     let ticket_secret = match &cfg.ticket_secret_file {
@@ -238,6 +258,7 @@ fn serve(cfg: &Config) -> i32 {
             index,
             cpu: cpus[index % cpus.len()],
             config: config.clone(),
+            disks: disks.clone(),
             server: ServerOptions {
                 shard_index: index,
                 shard_count,
@@ -396,7 +417,8 @@ fn start_status_endpoint(addr: &str, shards: Vec<Arc<ShardMetrics>>) -> std::io:
 async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     let index = plan.index;
     let dir = plan.config.data_dir.join(format!("shard-{index}"));
-    let options: ShardOptions = plan.config.shard_options(&dir);
+    let mut options: ShardOptions = plan.config.shard_options(&dir);
+    options.cold = Some(plan.config.cold_options(index as u16, &plan.disks));
     let opened = Shard::open(UringDisk, SystemClock, options).await;
     let (shard, report) = match opened {
         Ok(opened) => opened,
@@ -467,6 +489,13 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     }
     tracing::info!(shard = index, "stopping: no new connections, finishing admitted requests");
     server.drain(Duration::from_secs(10)).await;
+    // Flush the memtable so the next start replays nothing (bounded: a flush of a full memtable
+    // takes well under this).
+    shard.flush_now();
+    let flush_started = std::time::Instant::now();
+    while shard.flush_pending() && flush_started.elapsed() < Duration::from_secs(30) {
+        uring::sleep(Duration::from_millis(5)).await;
+    }
     shard.close().await;
     tracing::info!(shard = index, "shard closed cleanly");
     Ok(())

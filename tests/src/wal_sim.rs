@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use strata_ioengine::simexec::block_on;
 use strata_ioengine::{Clock, SimClock, SimDisk, SimExecutor, SimFaults, SimRng, SimStats};
+use strata_node::cold::ColdOptions;
 use strata_node::{Mutation, Shard, ShardOptions, WriteError};
 
 type Key = (Vec<u8>, u64);
@@ -48,6 +49,8 @@ pub struct SeedReport {
     pub latched_read_only: u64,
     pub flushes: u64,
     pub compactions: u64,
+    pub sinks: u64,
+    pub sinks_abandoned: u64,
     pub disk: SimStats,
 }
 
@@ -56,7 +59,7 @@ impl std::fmt::Display for SeedReport {
         write!(
             f,
             "seed {}: ops {}, acked {}, restarts {} (process crashes {}, clean closes {}), torn tails {}, \
-             read-only latches {}, flushes {}, compactions {}; disk: {}",
+             read-only latches {}, flushes {}, compactions {}, sinks {} ({} abandoned); disk: {}",
             self.seed,
             self.ops,
             self.writes_acked,
@@ -67,6 +70,8 @@ impl std::fmt::Display for SeedReport {
             self.latched_read_only,
             self.flushes,
             self.compactions,
+            self.sinks,
+            self.sinks_abandoned,
             self.disk
         )
     }
@@ -328,6 +333,15 @@ fn options(seed: u64, config: &SimConfig) -> ShardOptions {
     options.hot_format.block_bytes = 1024;
     options.cold_format.block_bytes = 2048;
     options.mutation = config.mutation;
+    // A cold tier of 1..=4 disks on the same simulated machine: old windows sink to it (window 0
+    // at once, windows near the clock's start after a jump), crash with it, and read from it.
+    let disks = 1 + (seed / 4 % 4) as usize;
+    let mut cold = ColdOptions::new((0..disks).map(|d| PathBuf::from(format!("/hdd{d}"))).collect(), 0);
+    cold.file_bytes = 4096 * 33;
+    cold.block_raw_bytes = 512 + (seed % 3) as usize * 1024;
+    cold.hot_horizon_us = 400_000;
+    cold.sink_bytes_per_s = 1 << 40;
+    options.cold = Some(cold);
     options
 }
 
@@ -434,6 +448,8 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<SeedReport, Violation> 
         report.writes_acked += stats.writes_acked;
         report.flushes += stats.flushes;
         report.compactions += stats.compactions;
+        report.sinks += stats.sinks;
+        report.sinks_abandoned += stats.sinks_abandoned;
         let clean = epoch.writers_live.get() == 0 && rng.borrow_mut().chance(0.2);
         if clean {
             let closing = shard.clone();

@@ -160,6 +160,17 @@ impl DiskFile for UringFile {
         Ok(())
     }
 
+    async fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        let len = i64::try_from(len)
+            .map_err(|_| DiskError::new("fallocate", &self.path, None, std::io::Error::other("length exceeds i64")))?;
+        // SAFETY: the descriptor is owned by this handle and open; fallocate takes no pointers.
+        let rc = unsafe { libc::fallocate(self.fd.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            return Err(DiskError::new("fallocate", &self.path, None, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     async fn size(&self) -> Result<u64, DiskError> {
         let file = std::fs::File::from(self.fd.try_clone().map_err(|e| DiskError::new("stat", &self.path, None, e))?);
         Ok(file.metadata().map_err(|e| DiskError::new("stat", &self.path, None, e))?.len())

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use strata_format::BLOCK_SIZE;
 use strata_format::manifest::{
-    ManifestEdit, ManifestFormatError, RangeTombstone, TableMeta, decode_record, encode_record,
+    ColdWindow, IntentChange, ManifestEdit, ManifestFormatError, RangeTombstone, SinkIntent, TableMeta, decode_record,
+    encode_record,
 };
 use strata_format::version::Version;
 use strata_ioengine::{Disk, DiskError, DiskFile};
@@ -30,6 +31,10 @@ pub struct ManifestState {
     pub version_floor: Version,
     /// Durable range deletes; they stay in force (a newer write over them survives by version).
     pub range_tombstones: Vec<RangeTombstone>,
+    /// Windows sunk to the cold tier.
+    pub cold_windows: BTreeMap<u64, ColdWindow>,
+    /// A sink that started and neither committed nor was rolled back.
+    pub sink_intent: Option<SinkIntent>,
 }
 
 impl ManifestState {
@@ -46,6 +51,17 @@ impl ManifestState {
         }
         self.windows_settled.extend(edit.windows_settled.iter().copied());
         self.range_tombstones.extend(edit.range_tombstones.iter().cloned());
+        for w in &edit.cold_removed {
+            self.cold_windows.remove(w);
+        }
+        for c in &edit.cold_windows {
+            self.cold_windows.insert(c.window, c.clone());
+        }
+        match edit.intent {
+            IntentChange::Unchanged => {}
+            IntentChange::Set(intent) => self.sink_intent = Some(intent),
+            IntentChange::Cleared => self.sink_intent = None,
+        }
         self.table_id_next = self.table_id_next.max(edit.table_id_next);
         self.order_next = self.order_next.max(edit.order_next);
         self.wal_replay_from_seq = self.wal_replay_from_seq.max(edit.wal_replay_from_seq);
@@ -65,6 +81,9 @@ impl ManifestState {
             added: self.tables.values().cloned().collect(),
             removed: Vec::new(),
             range_tombstones: self.range_tombstones.clone(),
+            cold_windows: self.cold_windows.values().cloned().collect(),
+            cold_removed: Vec::new(),
+            intent: self.sink_intent.map_or(IntentChange::Unchanged, IntentChange::Set),
         }
     }
 }

@@ -243,6 +243,8 @@ impl<F: DiskFile> TableWriter<F> {
 #[derive(Debug)]
 pub struct Table<F> {
     pub meta: TableMeta,
+    /// For a sunk window's link table: the cold files its links point into.
+    pub cold: Option<strata_format::manifest::ColdWindow>,
     file: F,
     index: Vec<IndexEntry>,
     bloom: Bloom,
@@ -282,7 +284,13 @@ impl<F: DiskFile> Table<F> {
         if index.last().is_some_and(|e| e.last_key != meta.key_max) {
             return Err(corrupted(footer.index_offset, "index does not end at the table's last key".into()));
         }
-        Ok(Self { meta, file, index, bloom })
+        Ok(Self { meta, cold: None, file, index, bloom })
+    }
+
+    /// The table's file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        self.file.path()
     }
 
     /// Memory pinned by this table's index and filter.

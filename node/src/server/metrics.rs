@@ -80,6 +80,13 @@ pub struct ShardMetrics {
     pub block_cache_hits: AtomicU64,
     pub block_cache_misses: AtomicU64,
     pub inflight_requests: AtomicU64,
+    pub sinks: AtomicU64,
+    pub sink_bytes_written: AtomicU64,
+    pub sinks_abandoned: AtomicU64,
+    pub cold_windows: AtomicU64,
+    pub repair_queue: AtomicU64,
+    /// Per cold disk: its counters and whether it is down.
+    pub cold_disks: std::sync::Mutex<Vec<(crate::cold::ColdDiskStats, bool)>>,
     pub open_connections: AtomicU64,
 }
 
@@ -133,6 +140,30 @@ impl ShardMetrics {
             let _ = writeln!(out, "{name}{{{l}}} {}", value.load(Relaxed));
         }
         let _ = writeln!(out, "strata_open_connections{{{l}}} {}", self.open_connections.load(Relaxed));
+        for (name, value) in [
+            ("strata_sinks_total", &self.sinks),
+            ("strata_sink_bytes_written_total", &self.sink_bytes_written),
+            ("strata_sinks_abandoned_total", &self.sinks_abandoned),
+            ("strata_cold_windows", &self.cold_windows),
+            ("strata_cold_repair_queue", &self.repair_queue),
+        ] {
+            let _ = writeln!(out, "{name}{{{l}}} {}", value.load(Relaxed));
+        }
+        let disks = self.cold_disks.lock().map(|d| d.clone()).unwrap_or_default();
+        for (disk, (stats, down)) in disks.iter().enumerate() {
+            let dl = format!("{l},disk=\"{disk}\"");
+            for (name, value) in [
+                ("strata_cold_disk_reads_total", stats.reads),
+                ("strata_cold_disk_read_bytes_total", stats.read_bytes),
+                ("strata_cold_disk_writes_total", stats.writes),
+                ("strata_cold_disk_write_bytes_total", stats.write_bytes),
+                ("strata_cold_disk_errors_total", stats.errors),
+                ("strata_cold_disk_corrupt_blocks_total", stats.corrupt_blocks),
+                ("strata_cold_disk_down", u64::from(*down)),
+            ] {
+                let _ = writeln!(out, "{name}{{{dl}}} {value}");
+            }
+        }
         self.latency_read.render(out, "strata_request_seconds", &format!("{l},kind=\"read\""));
         self.latency_write.render(out, "strata_request_seconds", &format!("{l},kind=\"write\""));
         self.queue_delay.render(out, "strata_queue_delay_seconds", &l);

@@ -206,6 +206,18 @@ impl Server {
             m.flush_bytes_written.store(stats.flush_bytes_written, Relaxed);
             m.compaction_bytes_written.store(stats.compaction_bytes_written, Relaxed);
             m.compaction_bytes_read.store(stats.compaction_bytes_read, Relaxed);
+            m.sinks.store(stats.sinks, Relaxed);
+            m.sink_bytes_written.store(stats.sink_bytes_written, Relaxed);
+            m.sinks_abandoned.store(stats.sinks_abandoned, Relaxed);
+            m.cold_windows.store(self.shard.cold_windows().len() as u64, Relaxed);
+            if let Some(cold) = self.shard.cold() {
+                m.repair_queue.store(cold.repair_queue().len() as u64, Relaxed);
+                let disks =
+                    cold.disk_stats().into_iter().zip(cold.disk_down()).map(|(s, d)| (s, d.is_some())).collect();
+                if let Ok(mut held) = m.cold_disks.lock() {
+                    *held = disks;
+                }
+            }
             let (hits, misses, _) = self.shard.cache_stats();
             m.block_cache_hits.store(hits, Relaxed);
             m.block_cache_misses.store(misses, Relaxed);
@@ -742,7 +754,8 @@ impl Server {
         format!(
             "shard {}\nshard_count {}\nwrites_acked {}\nfsyncs {}\nbatches {}\ntables {tables}\ntable_bytes {table_bytes}\n\
              memtable_bytes {}\nblock_cache_hits {hits}\nblock_cache_misses {misses}\ninflight_requests {}\n\
-             queue_delay_avg_us {}\nopen_connections {}\nread_only {}\n",
+             queue_delay_avg_us {}\nopen_connections {}\nread_only {}\ncold_windows {}\nsinks {}\n\
+             cold_disk_reads {}\nrepair_queue {}\n",
             self.options.shard_index,
             self.options.shard_count,
             stats.writes_acked,
@@ -753,6 +766,12 @@ impl Server {
             self.admission.borrow().queue_delay_avg().as_micros(),
             self.net.stats().open_connections,
             self.shard.read_only_reason().unwrap_or_else(|| "no".into()),
+            self.shard.cold_windows().len(),
+            stats.sinks,
+            self.shard.cold().map_or(String::new(), |c| {
+                c.disk_stats().iter().map(|d| d.reads.to_string()).collect::<Vec<_>>().join(",")
+            }),
+            self.shard.cold().map_or(0, |c| c.repair_queue().len()),
         )
     }
 }
@@ -769,6 +788,8 @@ fn read_error_status(error: &ReadError) -> Status {
         ReadError::BadKey(_) => Status::BadRequest,
         ReadError::Table(crate::lsm::table::TableError::Corrupted { .. }) => Status::Corrupted,
         ReadError::Table(_) => Status::Internal,
+        // Damaged or lost cold data, a down disk: the data cannot be served (until repaired).
+        ReadError::Cold(_) => Status::Corrupted,
     }
 }
 

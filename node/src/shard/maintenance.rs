@@ -34,6 +34,53 @@ enum Job<F> {
     Flush,
     Compact(Compaction<F>),
     Expire(Vec<u64>),
+    Sink(u64),
+}
+
+/// Merges table cursors in key order: for each key, the entry with the highest version wins.
+pub(super) struct Merge<F> {
+    cursors: Vec<TableCursor<F>>,
+    levels: Vec<u8>,
+}
+
+impl<F: strata_ioengine::DiskFile> Merge<F> {
+    pub(super) fn new(tables: &[Rc<Table<F>>]) -> Self {
+        Self {
+            cursors: tables.iter().cloned().map(TableCursor::new).collect(),
+            levels: tables.iter().map(|t| t.meta.level).collect(),
+        }
+    }
+
+    /// The next key and its winning entry, with the level of the table it came from.
+    pub(super) async fn next(
+        &mut self,
+    ) -> Result<Option<(Vec<u8>, Version, Option<Vec<u8>>, u8)>, crate::lsm::table::TableError> {
+        let mut smallest: Option<Vec<u8>> = None;
+        for cursor in &mut self.cursors {
+            if let Some(key) = cursor.peek_key().await?
+                && smallest.as_deref().is_none_or(|s| key < s)
+            {
+                smallest = Some(key.to_vec());
+            }
+        }
+        let Some(key) = smallest else { return Ok(None) };
+        let mut winner: Option<(Version, Option<Vec<u8>>, u8)> = None;
+        for (cursor, level) in self.cursors.iter_mut().zip(&self.levels) {
+            if cursor.peek_key().await? == Some(key.as_slice()) {
+                let (_, version, value) = cursor.pop().expect("peeked an entry");
+                if winner.as_ref().is_none_or(|(v, _, _)| version > *v) {
+                    winner = Some((version, value, *level));
+                }
+            }
+        }
+        let (version, value, level) = winner.expect("the smallest key came from a cursor");
+        Ok(Some((key, version, value, level)))
+    }
+
+    /// Bytes of blocks the cursors read.
+    pub(super) fn bytes_read(&self) -> u64 {
+        self.cursors.iter().map(|c| c.bytes_read).sum()
+    }
 }
 
 impl<D: Disk, C: Clock> Shard<D, C> {
@@ -65,6 +112,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 Some(Job::Flush) => self.flush().await,
                 Some(Job::Compact(plan)) => self.compact(plan).await,
                 Some(Job::Expire(windows)) => self.expire(windows).await,
+                Some(Job::Sink(window)) => self.sink(window).await,
                 None => {
                     self.inner.maintenance_wake.notified().await;
                     continue;
@@ -141,6 +189,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         }
         for (window, tables) in state.levels.windows() {
             let level0 = tables.iter().filter(|t| t.meta.level == 0).count();
+            if let Some(sink) = self.sink_due(&state, window, tables) {
+                if sink {
+                    return Some(Job::Sink(window));
+                }
+                continue;
+            }
             let settled = state.manifest.windows_settled.contains(&window);
             let whole = |settle| Compaction {
                 window,
@@ -194,7 +248,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 
     /// Commits `edit` to the manifest; on success it is the shard's manifest state.
-    async fn commit_edit(&self, edit: ManifestEdit) -> Result<(), String> {
+    pub(super) async fn commit_edit(&self, edit: ManifestEdit) -> Result<(), String> {
         let mut log = self.inner.manifest_log.borrow_mut().take().expect("maintenance is the manifest's only writer");
         let mut next = self.inner.state.borrow().manifest.clone();
         next.apply(&edit);
@@ -205,7 +259,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         Ok(())
     }
 
-    fn alloc_table_id(&self) -> u64 {
+    pub(super) fn alloc_table_id(&self) -> u64 {
         let mut state = self.inner.state.borrow_mut();
         let id = state.table_id_next.max(state.manifest.table_id_next);
         state.table_id_next = id + 1;
@@ -220,7 +274,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 
     /// Writes the frozen memtable as one table per window, then releases its WAL segments.
-    async fn flush(&self) -> Result<(), String> {
+    pub(super) async fn flush(&self) -> Result<(), String> {
         let (memtable, wal_seq_through) = {
             let state = self.inner.state.borrow();
             let frozen = state.frozen.as_ref().expect("a flush job has a frozen memtable");
@@ -281,7 +335,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         Ok(())
     }
 
-    fn edit(
+    pub(super) fn edit(
         &self,
         added: Vec<TableMeta>,
         removed: Vec<u64>,
@@ -298,7 +352,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             windows_settled: settled,
             added,
             removed,
-            range_tombstones: Vec::new(),
+            ..ManifestEdit::default()
         }
     }
 
@@ -306,32 +360,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     async fn compact(&self, plan: Compaction<D::File>) -> Result<(), String> {
         let failed = |e: &dyn std::fmt::Display| format!("compaction of window {} failed: {e}", plan.window);
         let order = plan.inputs.iter().map(|t| t.meta.order).max().expect("a compaction has inputs");
-        let mut cursors: Vec<TableCursor<D::File>> = plan.inputs.iter().cloned().map(TableCursor::new).collect();
+        let mut merge = Merge::new(&plan.inputs);
         let mut outputs: Vec<TableMeta> = Vec::new();
         let mut writer: Option<TableWriter<D::File>> = None;
         let started_us = self.inner.clock.now_us();
         let mut written_done = 0u64;
-        loop {
-            // The smallest key among the cursors; the highest version of it wins.
-            let mut smallest: Option<Vec<u8>> = None;
-            for cursor in &mut cursors {
-                if let Some(key) = cursor.peek_key().await.map_err(|e| failed(&e))?
-                    && smallest.as_deref().is_none_or(|s| key < s)
-                {
-                    smallest = Some(key.to_vec());
-                }
-            }
-            let Some(key) = smallest else { break };
-            let mut winner: Option<(Version, Option<Vec<u8>>)> = None;
-            for cursor in &mut cursors {
-                if cursor.peek_key().await.map_err(|e| failed(&e))? == Some(key.as_slice()) {
-                    let (_, version, value) = cursor.pop().expect("peeked an entry");
-                    if winner.as_ref().is_none_or(|(v, _)| version > *v) {
-                        winner = Some((version, value));
-                    }
-                }
-            }
-            let (version, value) = winner.expect("the smallest key came from a cursor");
+        while let Some((key, version, value, _)) = merge.next().await.map_err(|e| failed(&e))? {
             // A tombstone is dropped only when nothing else would answer for the key: if an older
             // range delete covers it, dropping it would make the key read at that older version.
             if plan.drop_tombstones && value.is_none() && !self.covered_by_range(&key) {
@@ -384,7 +418,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let path = table_path(&self.inner.tables_dir, meta.table_id);
             opened.push(Rc::new(Table::open(&self.inner.disk, &path, meta.clone()).await.map_err(|e| failed(&e))?));
         }
-        let bytes_read: u64 = cursors.iter().map(|c| c.bytes_read).sum();
+        let bytes_read = merge.bytes_read();
         let bytes_written: u64 = outputs.iter().map(|m| m.file_bytes).sum();
         let removed: Vec<u64> = plan.inputs.iter().map(|t| t.meta.table_id).collect();
         let settled = if plan.settle { vec![plan.window] } else { Vec::new() };
@@ -406,14 +440,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 
     /// True when any range delete (durable or not yet flushed) covers encoded `key`.
-    fn covered_by_range(&self, key: &[u8]) -> bool {
+    pub(super) fn covered_by_range(&self, key: &[u8]) -> bool {
         let state = self.inner.state.borrow();
         let k = strata_format::key::decode_key(key).expect("stored keys are encoded by the shard");
         state.range_tombstones().any(|rt| rt.pkey == k.pkey && rt.ts_from <= k.ts && k.ts <= rt.ts_to)
     }
 
     /// True when a durable range delete hides the entry at encoded `key` and `version`.
-    fn hidden_by_range(&self, key: &[u8], version: Version) -> bool {
+    pub(super) fn hidden_by_range(&self, key: &[u8], version: Version) -> bool {
         let state = self.inner.state.borrow();
         if state.manifest.range_tombstones.is_empty() {
             return false;
@@ -432,18 +466,33 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         }
     }
 
-    /// Drops every table of windows past retention.
+    /// Drops every table of windows past retention, and their cold files if they were sunk.
     async fn expire(&self, windows: Vec<u64>) -> Result<(), String> {
-        let removed: Vec<(u64, u64)> = {
+        let (removed, cold_removed): (Vec<(u64, u64)>, Vec<u64>) = {
             let state = self.inner.state.borrow();
-            windows.iter().flat_map(|w| state.levels.window(*w).iter().map(move |t| (*w, t.meta.table_id))).collect()
+            let tables = windows
+                .iter()
+                .flat_map(|w| state.levels.window(*w).iter().map(move |t| (*w, t.meta.table_id)))
+                .collect();
+            let cold = windows.iter().copied().filter(|w| state.manifest.cold_windows.contains_key(w)).collect();
+            (tables, cold)
         };
         let ids: Vec<u64> = removed.iter().map(|(_, id)| *id).collect();
-        self.commit_edit(self.edit(Vec::new(), ids.clone(), Vec::new(), None)).await?;
+        let mut edit = self.edit(Vec::new(), ids.clone(), Vec::new(), None);
+        edit.cold_removed.clone_from(&cold_removed);
+        self.commit_edit(edit).await?;
         {
             let mut state = self.inner.state.borrow_mut();
             for (window, id) in &removed {
                 state.levels.remove(*window, *id);
+            }
+        }
+        if let Some(store) = &self.inner.cold {
+            for window in cold_removed {
+                // Not fatal: the manifest no longer names them, and the next open removes them.
+                if let Err(e) = store.remove_window_files(window, None).await {
+                    tracing::warn!(window, "cannot remove an expired window's cold files (removed at next open): {e}");
+                }
             }
         }
         self.remove_tables(&ids).await
@@ -451,7 +500,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
 
     /// Removes files of tables that left the live set. A failure is logged, not fatal: the
     /// manifest no longer names them, and the next open removes them as orphans.
-    async fn remove_tables(&self, ids: &[u64]) -> Result<(), String> {
+    pub(super) async fn remove_tables(&self, ids: &[u64]) -> Result<(), String> {
         for id in ids {
             let path = table_path(&self.inner.tables_dir, *id);
             if let Err(e) = self.inner.disk.remove(&path).await {

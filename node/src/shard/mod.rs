@@ -17,6 +17,7 @@
 
 mod maintenance;
 mod read;
+mod sink;
 
 pub use read::{ReadError, ScanEntry};
 
@@ -49,6 +50,8 @@ pub enum Mutation {
     /// Acknowledge (and make visible) a batch after its write completes but before its
     /// fdatasync does.
     AckBeforeFsync,
+    /// Commit a sink without syncing its cold files.
+    SinkSkipsFsync,
 }
 
 /// How a shard is opened.
@@ -98,6 +101,8 @@ pub struct ShardOptions {
     pub ssd_reserve_bytes: u64,
     /// Below this many free bytes, writes are slowed, more the closer the reserve is.
     pub ssd_throttle_bytes: u64,
+    /// The cold tier: windows past its hot horizon are sunk to these disks (none: never sunk).
+    pub cold: Option<crate::cold::ColdOptions>,
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
 }
@@ -133,6 +138,7 @@ impl ShardOptions {
             table_bytes_target: 64 << 20,
             ssd_reserve_bytes: 1 << 30,
             ssd_throttle_bytes: 2 << 30,
+            cold: None,
             #[cfg(feature = "mutations")]
             mutation: None,
         }
@@ -177,6 +183,25 @@ impl ShardOptions {
         if self.tables_per_window_max == 0 {
             return bad("a window must be allowed at least one flushed table".into());
         }
+        if let Some(cold) = &self.cold {
+            if cold.disks.is_empty() || cold.disks.len() > usize::from(u16::MAX) {
+                return bad(format!("the cold tier needs 1..=65535 disks, not {}", cold.disks.len()));
+            }
+            let block_max = strata_format::cold::COLD_BLOCK_MAX as u64;
+            if cold.file_bytes < strata_format::cold::COLD_DATA_START + block_max
+                || !cold.file_bytes.is_multiple_of(block)
+            {
+                return bad(format!(
+                    "cold file size {} must be a multiple of {block} and hold at least one {block_max}-byte block",
+                    cold.file_bytes
+                ));
+            }
+            if cold.block_raw_bytes == 0
+                || cold.block_raw_bytes > block_max as usize - strata_format::cold::COLD_BLOCK_HEADER_SIZE
+            {
+                return bad(format!("cold block size {} must be within 1..=65472 raw bytes", cold.block_raw_bytes));
+            }
+        }
         Ok(())
     }
 }
@@ -194,6 +219,9 @@ pub struct ShardStats {
     pub fsyncs: u64,
     pub wal_bytes_written: u64,
     pub segments_started: u64,
+    pub sinks: u64,
+    pub sink_bytes_written: u64,
+    pub sinks_abandoned: u64,
 }
 
 type WriteResult = Result<Version, WriteError>;
@@ -247,6 +275,8 @@ struct State<F> {
     maintenance_done: bool,
     /// Free SSD bytes, as last measured.
     ssd_free_bytes: u64,
+    /// A sink failed on a cold disk at this clock time: sinking pauses for a while.
+    sink_failed_at_us: Option<u64>,
     /// Next table id and order to hand out (at least the manifest's).
     table_id_next: u64,
     order_next: u64,
@@ -277,6 +307,7 @@ struct Inner<D: Disk, C: Clock> {
     state: RefCell<State<D::File>>,
     tables_dir: PathBuf,
     cache: RefCell<BlockCache>,
+    cold: Option<crate::cold::ColdStore<D>>,
     /// Taken by whoever appends an edit; maintenance is its only user.
     manifest_log: RefCell<Option<ManifestLog<D>>>,
     flusher_wake: Notify,
@@ -323,8 +354,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         disk.create_dir_all(&wal_dir).await?;
         let tables_dir = options.dir.join("tables");
         disk.create_dir_all(&tables_dir).await?;
-        let (manifest_log, manifest) = ManifestLog::open(&disk, &tables_dir).await.map_err(OpenError::Manifest)?;
+        let (mut manifest_log, mut manifest) =
+            ManifestLog::open(&disk, &tables_dir).await.map_err(OpenError::Manifest)?;
         let levels = open_tables(&disk, &tables_dir, &manifest).await?;
+        let cold = open_cold(&disk, &options, &mut manifest_log, &mut manifest).await?;
         let mut memtable = Memtable::new();
         let mut key = Vec::new();
         let replay_from = options.replay_from_seq.max(manifest.wal_replay_from_seq);
@@ -382,6 +415,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             flush_requested: false,
             levels,
             ssd_free_bytes: u64::MAX,
+            sink_failed_at_us: None,
             table_id_next: manifest.table_id_next,
             order_next: manifest.order_next,
             manifest,
@@ -407,6 +441,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             clock,
             wal_dir,
             cache: RefCell::new(BlockCache::new(options.block_cache_bytes)),
+            cold,
             options,
             tables_dir,
             manifest_log: RefCell::new(Some(manifest_log)),
@@ -493,6 +528,18 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         (cache.hits, cache.misses, cache.bytes())
     }
 
+    /// The cold tier, when the shard has one.
+    #[must_use]
+    pub fn cold(&self) -> Option<&crate::cold::ColdStore<D>> {
+        self.inner.cold.as_ref()
+    }
+
+    /// Windows sunk to the cold tier, and their records.
+    #[must_use]
+    pub fn cold_windows(&self) -> Vec<strata_format::manifest::ColdWindow> {
+        self.inner.state.borrow().manifest.cold_windows.values().cloned().collect()
+    }
+
     /// Memory pinned by the indexes and filters of every live table.
     #[must_use]
     pub fn pinned_bytes(&self) -> usize {
@@ -514,6 +561,13 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             state.frozen.is_some() || (state.flush_requested && !state.memtable.is_empty())
         };
         !waiting && self.next_job_is_none()
+    }
+
+    /// True while a memtable waits to be flushed (frozen, or asked for with writes in it).
+    #[must_use]
+    pub fn flush_pending(&self) -> bool {
+        let state = self.inner.state.borrow();
+        state.frozen.is_some() || (state.flush_requested && !state.memtable.is_empty())
     }
 
     /// Bytes the memtable holds, as charged against its budget.
@@ -879,7 +933,16 @@ async fn open_tables<D: Disk>(disk: &D, dir: &Path, manifest: &ManifestState) ->
     let mut levels = Levels::default();
     for meta in manifest.tables.values() {
         let path = table_path(dir, meta.table_id);
-        let table = Table::open(disk, &path, meta.clone()).await.map_err(OpenError::Table)?;
+        let mut table = Table::open(disk, &path, meta.clone()).await.map_err(OpenError::Table)?;
+        if meta.level == strata_format::manifest::LEVEL_COLD_LINKS {
+            let Some(cold) = manifest.cold_windows.get(&meta.window) else {
+                return Err(OpenError::BadOptions(format!(
+                    "link table {} belongs to window {}, which the manifest does not list as sunk",
+                    meta.table_id, meta.window
+                )));
+            };
+            table.cold = Some(cold.clone());
+        }
         levels.insert(Rc::new(table));
     }
     for name in disk.list(dir).await? {
@@ -891,6 +954,60 @@ async fn open_tables<D: Disk>(disk: &D, dir: &Path, manifest: &ManifestState) ->
         }
     }
     Ok(levels)
+}
+
+/// Opens the cold tier: refuses a manifest with sunk windows the configured disks cannot hold,
+/// rolls back a sink that never committed (its files are removed and its intent cleared), and
+/// removes cold files no live window names.
+async fn open_cold<D: Disk>(
+    disk: &D,
+    options: &ShardOptions,
+    log: &mut ManifestLog<D>,
+    manifest: &mut crate::lsm::manifest::ManifestState,
+) -> Result<Option<crate::cold::ColdStore<D>>, OpenError> {
+    let Some(cold_options) = options.cold.clone() else {
+        if let Some(window) = manifest.cold_windows.keys().next() {
+            return Err(OpenError::BadOptions(format!(
+                "window {window} (and maybe others) is sunk to the cold tier, but no cold disks are configured"
+            )));
+        }
+        return Ok(None);
+    };
+    for cold in manifest.cold_windows.values() {
+        if usize::from(cold.disks) > cold_options.disks.len() {
+            return Err(OpenError::BadOptions(format!(
+                "window {} was sunk over {} disks, but only {} are configured",
+                cold.window,
+                cold.disks,
+                cold_options.disks.len()
+            )));
+        }
+    }
+    #[cfg(feature = "mutations")]
+    let cold_options =
+        crate::cold::ColdOptions { skip_sync: options.mutation == Some(Mutation::SinkSkipsFsync), ..cold_options };
+    let store = crate::cold::ColdStore::new(disk.clone(), cold_options);
+    for path in store.remove_orphans(&manifest.cold_windows).await? {
+        tracing::info!(file = %path.display(), "removed an orphan cold file (its sink never committed, or it was replaced)");
+    }
+    if let Some(intent) = manifest.sink_intent {
+        tracing::warn!(
+            window = intent.window,
+            generation = intent.generation,
+            "rolled back a sink that did not commit"
+        );
+        let edit = strata_format::manifest::ManifestEdit {
+            table_id_next: manifest.table_id_next,
+            order_next: manifest.order_next,
+            wal_replay_from_seq: manifest.wal_replay_from_seq,
+            version_floor: manifest.version_floor,
+            intent: strata_format::manifest::IntentChange::Cleared,
+            ..Default::default()
+        };
+        manifest.apply(&edit);
+        log.append(&edit, manifest).await.map_err(OpenError::Manifest)?;
+    }
+    Ok(Some(store))
 }
 
 /// Applies one WAL record to a memtable (`key` is a scratch buffer).

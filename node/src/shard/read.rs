@@ -6,7 +6,8 @@
 //! sources disagree the highest version wins.
 
 use super::{Shard, StoredEntry, Versioned};
-use crate::lsm::table::TableError;
+use crate::cold::ColdError;
+use crate::lsm::table::{Table, TableError};
 use crate::lsm::{ts_of_key, window_of};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -22,6 +23,8 @@ pub enum ReadError {
     BadKey(KeyError),
     /// A table could not be read, or failed its checksum: nothing from it was returned.
     Table(TableError),
+    /// A cold block could not be read, or failed its checksum: nothing from it was returned.
+    Cold(ColdError),
 }
 
 impl std::fmt::Display for ReadError {
@@ -29,6 +32,7 @@ impl std::fmt::Display for ReadError {
         match self {
             Self::BadKey(e) => write!(f, "bad key: {e}"),
             Self::Table(e) => write!(f, "read failed: {e}"),
+            Self::Cold(e) => write!(f, "read failed: {e}"),
         }
     }
 }
@@ -40,6 +44,15 @@ impl From<TableError> for ReadError {
         Self::Table(e)
     }
 }
+
+impl From<ColdError> for ReadError {
+    fn from(e: ColdError) -> Self {
+        Self::Cold(e)
+    }
+}
+
+/// Entries as tables return them: key, version, value (`None`: tombstone).
+pub(crate) type TableEntries = Vec<(Vec<u8>, Version, Option<Vec<u8>>)>;
 
 /// One entry of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +100,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let mut found = found;
         for table in tables {
             if let Some(entry) = table.get(&key, &self.inner.cache).await? {
-                found = Some(entry);
+                let resolved = self.resolve(&table, vec![(key.clone(), entry.0, entry.1)]).await?;
+                found = resolved.into_iter().next().map(|(_, v, value)| (v, value));
                 break;
             }
         }
@@ -157,7 +171,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             } else {
                 let mut merged = in_memory;
                 for table in &tables {
-                    for (key, version, value) in table.range(&from, &to, &self.inner.cache).await? {
+                    let got = table.range(&from, &to, &self.inner.cache).await?;
+                    for (key, version, value) in self.resolve(table, got).await? {
                         merge_in(&mut merged, key, version, value);
                     }
                 }
@@ -189,6 +204,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let mut cutoff: Option<Vec<u8>> = None;
             for table in tables {
                 let got = table.range_newest(from, to, n, &self.inner.cache).await?;
+                let got = self.resolve(table, got).await?;
                 if got.len() == n {
                     let oldest = got.last().expect("n > 0 entries").0.clone();
                     if cutoff.as_ref().is_none_or(|c| oldest > *c) {
@@ -225,7 +241,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             (merged, state.levels.all().cloned().collect::<Vec<_>>(), ranges)
         };
         for table in tables {
-            for (key, version, value) in table.all(&self.inner.cache).await? {
+            let got = table.all(&self.inner.cache).await?;
+            for (key, version, value) in self.resolve(&table, got).await? {
                 merge_in(&mut merged, key, version, value);
             }
         }
@@ -239,6 +256,96 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             })
             .filter(|e| !ranges.iter().any(|rt| rt.hides(&e.pkey, e.ts, e.version)))
             .collect())
+    }
+}
+
+impl<D: Disk, C: Clock> Shard<D, C> {
+    /// Replaces the cold links a sunk window's link table returned by the values they point
+    /// at, reading each linked block once (entries of other tables pass through).
+    pub(crate) async fn resolve(
+        &self,
+        table: &Table<D::File>,
+        entries: TableEntries,
+    ) -> Result<TableEntries, ReadError> {
+        if table.meta.level != strata_format::manifest::LEVEL_COLD_LINKS {
+            return Ok(entries);
+        }
+        let Some(store) = self.inner.cold.as_ref() else {
+            return Err(ReadError::Table(TableError::Corrupted {
+                file: table.path().to_path_buf(),
+                offset: 0,
+                reason: "a link table, but the shard has no cold tier".into(),
+            }));
+        };
+        let mut resolver = LinkResolver::default();
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, version, link) in entries {
+            let value = match link {
+                Some(link) => Some(resolver.value(store, table, &key, &link).await?),
+                None => None,
+            };
+            out.push((key, version, value));
+        }
+        Ok(out)
+    }
+}
+
+/// A cold block's entries as (key, value), in key order.
+type BlockValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Turns cold links of one link table into values, keeping the last block read (consecutive
+/// keys usually share a block).
+#[derive(Default)]
+pub(crate) struct LinkResolver {
+    /// The last block read: its bucket (which names its disk) and link, and its entries.
+    block: Option<((u16, strata_format::cold::ColdLink), BlockValues)>,
+}
+
+impl LinkResolver {
+    /// The value `link` (from link table `table`) holds for `key`.
+    pub(crate) async fn value<D: Disk>(
+        &mut self,
+        store: &crate::cold::ColdStore<D>,
+        table: &Table<D::File>,
+        key: &[u8],
+        link: &[u8],
+    ) -> Result<Vec<u8>, ReadError> {
+        let corrupted = |reason: String| {
+            ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
+        };
+        let Some(cold) = table.cold.as_ref() else {
+            return Err(corrupted("a link table without a sunk window".into()));
+        };
+        let link = strata_format::cold::ColdLink::decode(link).map_err(|e| corrupted(e.to_string()))?;
+        let bucket = u16::from_be_bytes([key[0], key[1]]);
+        if self.block.as_ref().is_none_or(|(at, _)| *at != (bucket, link)) {
+            let read = store.read_block(cold, bucket, link).await?;
+            let mut values = Vec::with_capacity(read.block.entry_count as usize);
+            for entry in read.entries() {
+                let entry = entry.map_err(|e| corrupted(e.to_string()))?;
+                values.push((entry.key.to_vec(), entry.value.unwrap_or_default().to_vec()));
+            }
+            self.block = Some(((bucket, link), values));
+        }
+        let (_, values) = self.block.as_ref().expect("loaded above");
+        match values.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            Ok(i) => Ok(values[i].1.clone()),
+            Err(_) => {
+                let disk = strata_format::cold::disk_of(bucket, cold.window, cold.disks);
+                let file = strata_format::cold::ColdFileId {
+                    window: cold.window,
+                    shard: store.options.shard,
+                    generation: cold.generation,
+                    part: link.part,
+                };
+                Err(ReadError::Cold(ColdError::Corrupted {
+                    disk,
+                    path: store.file_path(disk, file),
+                    offset: link.offset,
+                    reason: "the block lacks a key its link names".into(),
+                }))
+            }
+        }
     }
 }
 
