@@ -1,6 +1,7 @@
 //! `strata-bench`: Strata's bench suite. Every workload runs beside a peer or a physical limit
 //! measured by the same harness in the same run, and reports ratios.
 
+mod cold_get;
 mod compare;
 mod devstat;
 mod engine_get;
@@ -39,6 +40,38 @@ enum Command {
         /// Measured seconds for each side.
         #[bpaf(long, argument("SECONDS"), fallback(10.0), display_fallback)]
         seconds: f64,
+        /// Print one JSON object naming every figure.
+        #[bpaf(long)]
+        json: bool,
+    },
+    /// Random gets of sunk (cold) data: cold-disk and SSD reads per get, beside fio random reads
+    /// of the cold blocks' size on the same directory.
+    #[bpaf(command("cold-get"))]
+    ColdGet {
+        /// Directory for the shard (and the cold disks, unless --hdd names them).
+        #[bpaf(long, argument("DIR"), fallback(PathBuf::from("./strata-bench-data")), debug_fallback)]
+        dir: PathBuf,
+        /// A cold disk directory (repeat; default: four folders under DIR).
+        #[bpaf(long, argument("PATH"))]
+        hdd: Vec<PathBuf>,
+        /// Core to pin the engine and fio to.
+        #[bpaf(long, argument("CPU"), fallback(0), display_fallback)]
+        cpu: usize,
+        /// Entries to load and sink.
+        #[bpaf(long, argument("N"), fallback(2_000_000), display_fallback)]
+        entries: u64,
+        /// Value size in bytes.
+        #[bpaf(long("value-bytes"), argument("BYTES"), fallback(100), display_fallback)]
+        value_bytes: usize,
+        /// Gets in flight (and fio's queue depth).
+        #[bpaf(long, argument("N"), fallback(64), display_fallback)]
+        inflight: usize,
+        /// Measured seconds for each side.
+        #[bpaf(long, argument("SECONDS"), fallback(10.0), display_fallback)]
+        seconds: f64,
+        /// Block cache for the link tables, in MiB.
+        #[bpaf(long("block-cache-mib"), argument("MIB"), fallback(8), display_fallback)]
+        block_cache_mib: usize,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -223,6 +256,19 @@ fn main() {
                 db_bench: !no_db_bench,
             };
             engine_get::run(&args).map(|report| render(&report, json, engine_get::summary))
+        }
+        Command::ColdGet { dir, hdd, cpu, entries, value_bytes, inflight, seconds, block_cache_mib, json } => {
+            let args = cold_get::Args {
+                dir,
+                hdd,
+                cpu,
+                entries,
+                value_bytes,
+                inflight,
+                seconds,
+                block_cache_bytes: block_cache_mib << 20,
+            };
+            cold_get::run(&args).map(|report| render(&report, json, cold_get::summary))
         }
         Command::Load { load } => loadgen::run_once(&load.into_spec()),
         Command::Compare { net, depth, quota_percent, json } => {
