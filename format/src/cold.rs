@@ -341,8 +341,7 @@ pub fn decode_cold_block(bytes: &[u8], file: ColdFileId, offset: u64) -> Result<
     let raw = match header.compression {
         0 if raw_len == stored.len() => stored.to_vec(),
         0 => return Err(ColdFormatError::BadBlock { reason: "raw length differs from stored length" }),
-        1 => lz4_flex::block::decompress(stored, raw_len)
-            .map_err(|e| ColdFormatError::Decompress { reason: e.to_string() })?,
+        1 => crate::table::lz4_decompress(stored, raw_len).map_err(|reason| ColdFormatError::Decompress { reason })?,
         _ => return Err(ColdFormatError::BadBlock { reason: "unknown compression" }),
     };
     if raw.len() != raw_len {

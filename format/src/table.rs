@@ -227,6 +227,17 @@ pub fn peek_block_len(bytes: &[u8]) -> Result<usize, TableFormatError> {
     Ok(BLOCK_HEADER_SIZE + header.stored_len.get() as usize)
 }
 
+/// Decompresses an lz4 block of `raw_len` bytes. The output is allocated and then zeroed, not
+/// allocated zeroed: for large sizes jemalloc zeroes by handing pages back to the kernel, and
+/// every decode would then pay page faults to fault them in again.
+pub fn lz4_decompress(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(raw_len);
+    out.resize(raw_len, 0);
+    let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| e.to_string())?;
+    out.truncate(n);
+    Ok(out)
+}
+
 /// A decoded block: its raw bytes (decompressed) and entry count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedBlock {
@@ -261,8 +272,7 @@ pub fn decode_block(
     let raw = match header.compression {
         0 if raw_len == stored.len() => stored.to_vec(),
         0 => return Err(TableFormatError::BadBlock { reason: "raw length differs from stored length" }),
-        1 => lz4_flex::block::decompress(stored, raw_len)
-            .map_err(|e| TableFormatError::Decompress { reason: e.to_string() })?,
+        1 => lz4_decompress(stored, raw_len).map_err(|reason| TableFormatError::Decompress { reason })?,
         _ => return Err(TableFormatError::BadBlock { reason: "unknown compression" }),
     };
     if raw.len() != raw_len {

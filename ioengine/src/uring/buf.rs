@@ -34,9 +34,13 @@ impl AlignedBuf {
     pub fn zeroed(capacity: usize) -> Self {
         let capacity = capacity.max(1).div_ceil(IO_ALIGN) * IO_ALIGN;
         let layout = Layout::from_size_align(capacity, IO_ALIGN).expect("buffer sizes fit a Layout");
+        // Not `alloc_zeroed`: for large sizes jemalloc zeroes by returning pages to the kernel
+        // (madvise), and every read then pays page faults to get them back. A memset is cheaper.
         // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let raw = unsafe { std::alloc::alloc(layout) };
         let Some(ptr) = NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
+        // SAFETY: `raw` points at `capacity` writable bytes just allocated.
+        unsafe { std::ptr::write_bytes(raw, 0, capacity) };
         Self { ptr, capacity, start: 0, len: capacity }
     }
 

@@ -290,15 +290,38 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 }
 
-/// A cold block's entries as (key, value), in key order.
-type BlockValues = Vec<(Vec<u8>, Vec<u8>)>;
+/// A cold block and where each entry's key and value lie in its raw bytes, in key order.
+struct IndexedBlock {
+    block: strata_format::cold::ColdBlock,
+    entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl IndexedBlock {
+    fn new(block: strata_format::cold::ColdBlock) -> Result<Self, strata_format::table::TableFormatError> {
+        let base = block.block.raw.as_ptr() as usize;
+        let mut entries = Vec::with_capacity(block.block.entry_count as usize);
+        for entry in block.entries() {
+            let entry = entry?;
+            let value = entry.value.unwrap_or_default();
+            let (k, v) = (entry.key.as_ptr() as usize - base, value.as_ptr() as usize - base);
+            entries.push((k..k + entry.key.len(), v..v + value.len()));
+        }
+        Ok(Self { block, entries })
+    }
+
+    fn value(&self, key: &[u8]) -> Option<&[u8]> {
+        let raw = &self.block.block.raw;
+        let i = self.entries.binary_search_by(|(k, _)| raw[k.clone()].cmp(key)).ok()?;
+        Some(&raw[self.entries[i].1.clone()])
+    }
+}
 
 /// Turns cold links of one link table into values, keeping the last block read (consecutive
-/// keys usually share a block).
+/// keys usually share a block). Only the values asked for are copied out of the block.
 #[derive(Default)]
 pub(crate) struct LinkResolver {
-    /// The last block read: its bucket (which names its disk) and link, and its entries.
-    block: Option<((u16, strata_format::cold::ColdLink), BlockValues)>,
+    /// The last block read: its bucket (which names its disk) and link, and the block.
+    block: Option<((u16, strata_format::cold::ColdLink), IndexedBlock)>,
 }
 
 impl LinkResolver {
@@ -320,17 +343,13 @@ impl LinkResolver {
         let bucket = u16::from_be_bytes([key[0], key[1]]);
         if self.block.as_ref().is_none_or(|(at, _)| *at != (bucket, link)) {
             let read = store.read_block(cold, bucket, link).await?;
-            let mut values = Vec::with_capacity(read.block.entry_count as usize);
-            for entry in read.entries() {
-                let entry = entry.map_err(|e| corrupted(e.to_string()))?;
-                values.push((entry.key.to_vec(), entry.value.unwrap_or_default().to_vec()));
-            }
-            self.block = Some(((bucket, link), values));
+            let indexed = IndexedBlock::new(read).map_err(|e| corrupted(e.to_string()))?;
+            self.block = Some(((bucket, link), indexed));
         }
-        let (_, values) = self.block.as_ref().expect("loaded above");
-        match values.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
-            Ok(i) => Ok(values[i].1.clone()),
-            Err(_) => {
+        let (_, block) = self.block.as_ref().expect("loaded above");
+        match block.value(key) {
+            Some(value) => Ok(value.to_vec()),
+            None => {
                 let disk = strata_format::cold::disk_of(bucket, cold.window, cold.disks);
                 let file = strata_format::cold::ColdFileId {
                     window: cold.window,
