@@ -230,6 +230,7 @@ pub fn peek_block_len(bytes: &[u8]) -> Result<usize, TableFormatError> {
 /// Decompresses an lz4 block of `raw_len` bytes. The output is allocated and then zeroed, not
 /// allocated zeroed: for large sizes jemalloc zeroes by handing pages back to the kernel, and
 /// every decode would then pay page faults to fault them in again.
+#[expect(clippy::slow_vector_initialization, reason = "vec![0; n] is calloc, the slow path here")]
 pub fn lz4_decompress(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(raw_len);
     out.resize(raw_len, 0);
