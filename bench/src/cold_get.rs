@@ -61,6 +61,11 @@ pub struct Report {
     /// when the "disks" are folders on the same device.
     pub device_reads_per_get: Option<f64>,
     pub cpu_us_per_get: f64,
+    /// Gets of absent keys of sunk windows: cold-disk reads per get (goal 0: the link table's
+    /// filter or one SSD block answers) and SSD reads per get.
+    pub absent_gets: u64,
+    pub hdd_reads_per_absent_get: f64,
+    pub ssd_reads_per_absent_get: f64,
     pub fio: fio::FioResult,
     pub ratio_to_fio: f64,
 }
@@ -103,6 +108,9 @@ struct Measured {
     cache_misses: u64,
     device_reads: Option<u64>,
     cpu_us: u64,
+    absent_gets: u64,
+    absent_cold_reads: u64,
+    absent_cache_misses: u64,
 }
 
 pub fn run(args: &Args) -> Result<Report, String> {
@@ -177,6 +185,9 @@ pub fn run(args: &Args) -> Result<Report, String> {
         cold_read_bytes_avg: read_avg,
         device_reads_per_get: m.device_reads.map(|r| r as f64 / gets),
         cpu_us_per_get: m.cpu_us as f64 / gets,
+        absent_gets: m.absent_gets,
+        hdd_reads_per_absent_get: m.absent_cold_reads as f64 / m.absent_gets.max(1) as f64,
+        ssd_reads_per_absent_get: m.absent_cache_misses as f64 / m.absent_gets.max(1) as f64,
         ratio_to_fio: gets_per_s / fio.iops,
         fio,
     })
@@ -262,16 +273,20 @@ async fn measure(dir: PathBuf, hdd: Vec<PathBuf>, args: Args, stat_file: Option<
     };
     // A warm-up run, then the measured one; counters are read while no get is in flight, so
     // reads per get are exact.
-    read_for(&shard, &args, base_ts, (args.seconds / 5.0).clamp(0.2, 2.0)).await?;
+    read_for(&shard, &args, base_ts, (args.seconds / 5.0).clamp(0.2, 2.0), false).await?;
     let (hits0, misses0, _) = shard.cache_stats();
     let (reads0, bytes0) = disk_reads(cold);
     let before = stat_file.as_deref().and_then(devstat::read);
     let cpu0 = crate::procstat::cpu_us("self");
-    let (gets, elapsed, latency_us) = read_for(&shard, &args, base_ts, args.seconds).await?;
+    let (gets, elapsed, latency_us) = read_for(&shard, &args, base_ts, args.seconds, false).await?;
     let after = stat_file.as_deref().and_then(devstat::read);
     let cpu_us = crate::procstat::cpu_us("self") - cpu0;
     let (hits1, misses1, _) = shard.cache_stats();
     let (reads1, bytes1) = disk_reads(cold);
+    // Absent keys of the same windows: no cold-disk read may happen.
+    let (absent_gets, _, _) = read_for(&shard, &args, base_ts, (args.seconds / 5.0).clamp(0.2, 2.0), true).await?;
+    let (_, misses2, _) = shard.cache_stats();
+    let (reads2, _) = disk_reads(cold);
     let measured = Measured {
         windows_sunk: sunk.len(),
         cold_blocks: sunk.iter().map(|c| c.blocks).sum(),
@@ -287,18 +302,23 @@ async fn measure(dir: PathBuf, hdd: Vec<PathBuf>, args: Args, stat_file: Option<
         cache_misses: misses1 - misses0,
         device_reads: before.zip(after).map(|(b, a)| a.reads - b.reads),
         cpu_us,
+        absent_gets,
+        absent_cold_reads: reads2 - reads1,
+        absent_cache_misses: misses2 - misses1,
     };
     shard.close().await;
     Ok(measured)
 }
 
-/// Runs `inflight` readers of random entries for `seconds`, then waits for every get in flight:
-/// returns the gets completed, the time until the last one, and their latencies.
+/// Runs `inflight` readers of random entries (or, when `absent`, of keys next to them that were
+/// never written) for `seconds`, then waits for every get in flight: returns the gets
+/// completed, the time until the last one, and their latencies.
 async fn read_for(
     shard: &Shard<UringDisk, SystemClock>,
     args: &Args,
     base_ts: u64,
     seconds: f64,
+    absent: bool,
 ) -> Result<(u64, Duration, Histogram<u64>), String> {
     let running = Rc::new(Cell::new(true));
     let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
@@ -314,12 +334,20 @@ async fn read_for(
                 let i = rng.below(entries);
                 let (pkey, ts) = key_of(i, base_ts);
                 let start = Instant::now();
-                match shard.get(&pkey, ts).await.map_err(|e| format!("get failed: {e}"))? {
-                    Some((_, value)) if value[..8] == i.to_le_bytes() => {}
-                    _ => return Err(format!("entry {i} missing or wrong")),
+                // A timestamp one past an entry's belongs to no entry of this pkey.
+                let found = shard.get(&pkey, ts + u64::from(absent)).await.map_err(|e| format!("get failed: {e}"))?;
+                match found {
+                    None if absent => {}
+                    Some((_, value)) if !absent && value[..8] == i.to_le_bytes() => {}
+                    _ => return Err(format!("entry {i} (absent: {absent}) read wrong")),
                 }
                 let _ = histogram.borrow_mut().record(start.elapsed().as_micros() as u64);
                 gets.set(gets.get() + 1);
+                if absent {
+                    // An absent key is answered from the link table's filter without waiting:
+                    // yield, or the timer that ends the run never gets to fire.
+                    strata_ioengine::uring::yield_now().await;
+                }
             }
             Ok::<(), String>(())
         }));
@@ -340,6 +368,7 @@ pub fn summary(r: &Report) -> String {
          \x20 strata: {:.0} cold gets/s, p50 {} us, p99 {} us, {:.1} us CPU per get\n\
          \x20         cold-disk reads per get {:.3} (goal exactly 1.0), SSD reads per get {:.3} (goal <= 1.0), block cache hit ratio {:.3} ({} MiB)\n\
          \x20         {:.0} bytes per cold read; device reads per get {}\n\
+         \x20 absent keys: {} gets, cold-disk reads per get {:.3} (goal 0), SSD reads per get {:.3}\n\
          \x20 fio:    {:.0} random {} reads/s (io_uring, O_DIRECT, QD{}, same core, same directory)\n\
          \x20 ratio:  {:.2}x fio (goal >= 0.8x)",
         r.entries,
@@ -362,6 +391,9 @@ pub fn summary(r: &Report) -> String {
         r.block_cache_bytes >> 20,
         r.cold_read_bytes_avg,
         r.device_reads_per_get.map_or("n/a".into(), |d| format!("{d:.3}")),
+        r.absent_gets,
+        r.hdd_reads_per_absent_get,
+        r.ssd_reads_per_absent_get,
         r.fio.iops,
         r.fio.job,
         r.inflight,

@@ -25,4 +25,7 @@ fn cold_get_reads_one_cold_block_per_get_beside_fio() {
     assert!((hdd - 1.0).abs() < 1e-9, "exactly one cold-disk read per get, not {hdd}");
     let ssd = report["ssd_reads_per_get"].as_f64().unwrap();
     assert!(ssd <= 1.0, "at most one SSD read per cold get, not {ssd}");
+    assert!(report["absent_gets"].as_u64().is_some_and(|n| n > 0), "absent keys were read");
+    let absent = report["hdd_reads_per_absent_get"].as_f64().unwrap();
+    assert!(absent == 0.0, "a get of an absent key reads no cold disk, not {absent} per get");
 }

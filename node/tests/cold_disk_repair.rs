@@ -257,6 +257,28 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     }
     let disk3_files = files_a.keys().filter(|(d, _)| *d == 3).count();
 
+    // inspect decodes a damaged cold file and says where the damage starts; it reads the
+    // manifest and a link table of the sunk windows.
+    let (code, out) = strata_tool(&["inspect", "--json", victim_path.to_str().unwrap()]);
+    assert_eq!(code, 1, "inspect reports the damage: {out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["damage"][0]["offset"].as_u64(), Some(4096), "{out}");
+    let manifest = dir_a.join("shard-0/tables/MANIFEST");
+    let (code, out) = strata_tool(&["inspect", "--json", manifest.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["cold_windows"].as_u64().is_some_and(|n| n > 0), "{out}");
+    let table = std::fs::read_dir(dir_a.join("shard-0/tables"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sst"))
+        .expect("shard 0 has link tables");
+    let (code, out) = strata_tool(&["inspect", "--json", table.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["entries"].as_u64().is_some_and(|n| n > 0), "{out}");
+
     // Scrub finds exactly that damage.
     let mut args = vec!["scrub", "--json", "--data-dir", dir_a.to_str().unwrap()];
     let hdd_a = hdd_args(&disks.roots);
@@ -311,11 +333,27 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     repair2.extend(["--disk", "2"]);
     let (code, out) = strata_tool(&repair2);
     assert_eq!(code, 0, "repair of disk 2 succeeds: {out}");
+    // As if an earlier rebuild was interrupted: one file already copied, one half-copied (with
+    // garbage where the copy had not reached yet).
+    let disk3: Vec<&String> = files_b.keys().filter(|(d, _)| *d == 3).map(|(_, rel)| rel).collect();
+    assert!(disk3.len() >= 2, "disk 3 holds at least two files");
+    let done = disks.roots[3].join(disk3[0]);
+    std::fs::create_dir_all(done.parent().unwrap()).unwrap();
+    std::fs::write(&done, &files_b[&(3, disk3[0].clone())]).unwrap();
+    let partial = disks.roots[3].join(disk3[1]).with_extension("cold.partial");
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    let mut half = files_b[&(3, disk3[1].clone())][..8192].to_vec();
+    half.extend_from_slice(&[0xEE; 4096]);
+    std::fs::write(&partial, &half).unwrap();
     let mut rebuild = repair.clone();
     rebuild[0] = "rebuild-disk";
     rebuild.extend(["--disk", "3"]);
     let (code, out) = strata_tool(&rebuild);
     assert_eq!(code, 0, "rebuild of disk 3 succeeds: {out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["rebuilt"]["files_present"].as_u64(), Some(1), "the copied file is kept: {out}");
+    assert_eq!(report["rebuilt"]["files_copied"].as_u64(), Some(disk3.len() as u64 - 1), "{out}");
+    assert!(!partial.exists(), "the partial copy was finished and renamed");
     let (code, out) = strata_tool(&args);
     assert_eq!(code, 0, "a scrub after repair finds nothing: {out}");
     assert!(disk_files(&disks.roots) == files_b, "A's disks are byte-identical to B's again");

@@ -429,14 +429,23 @@ pub async fn copy_file(
     let dir = to.parent().ok_or("a cold file has a directory")?;
     UringDisk.create_dir_all(dir).await.map_err(|e| e.to_string())?;
     let partial = to.with_extension("cold.partial");
-    let (file, mut at) = match UringDisk.open(&partial).await {
-        Ok(file) => {
-            // Resume at the last whole chunk the earlier copy wrote (synced every chunk).
-            let done = file.size().await.map_err(|e| e.to_string())?.min(header.used_bytes);
-            (file, done / CHUNK * CHUNK)
+    let (file, mut at) = match std::fs::metadata(&partial) {
+        Ok(meta) => {
+            // Resume at the last whole chunk the earlier copy wrote (synced every chunk), and
+            // cut what lies beyond it: bytes there are unknown, and the copy must end up
+            // byte-identical (zeros past the used end).
+            let at = meta.len().min(header.used_bytes) / CHUNK * CHUNK;
+            let cut = std::fs::OpenOptions::new().write(true).open(&partial).and_then(|f| {
+                f.set_len(at)?;
+                f.sync_all()
+            });
+            cut.map_err(|e| format!("cannot resume {}: {e}", partial.display()))?;
+            (UringDisk.open(&partial).await.map_err(|e| e.to_string())?, at)
         }
-        Err(e) if e.is_not_found() => (UringDisk.create(&partial).await.map_err(|e| e.to_string())?, 0),
-        Err(e) => return Err(e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (UringDisk.create(&partial).await.map_err(|e| e.to_string())?, 0)
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", partial.display())),
     };
     let resumed_at = at;
     while at < header.used_bytes {
