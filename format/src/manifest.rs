@@ -351,7 +351,11 @@ impl ManifestEdit {
                     parts.push(u16::from_le_bytes(c.take(2)?.try_into().expect("2 bytes")));
                 }
                 let (blocks, entries, bytes) = (c.u64()?, c.u64()?, c.u64()?);
-                if disks == 0 || parts.len() != usize::from(disks) || generation == 0 {
+                if disks == 0
+                    || disks > crate::route::GROUP_COUNT_MAX
+                    || parts.len() != usize::from(disks)
+                    || generation == 0
+                {
                     return Err(ManifestFormatError::BadEdit { reason: "bad cold window" });
                 }
                 edit.cold_windows.push(ColdWindow { window, epoch, disks, generation, parts, blocks, entries, bytes });

@@ -42,6 +42,8 @@ pub struct ColdOptions {
     /// Raw entry bytes per cold block before it is closed (the block, compressed, stays at
     /// most 64 KiB on disk).
     pub block_raw_bytes: usize,
+    /// Disks out of service from the start, and why (see `disks::prepare`).
+    pub disks_down: Vec<(u16, String)>,
     /// Test-only mutation: commit sinks without syncing their files.
     #[cfg(feature = "mutations")]
     pub skip_sync: bool,
@@ -58,6 +60,7 @@ impl ColdOptions {
             hot_horizon_us: 7 * 86_400_000_000,
             sink_bytes_per_s: 32 << 20,
             block_raw_bytes: COLD_BLOCK_MAX - COLD_BLOCK_HEADER_SIZE,
+            disks_down: Vec::new(),
             #[cfg(feature = "mutations")]
             skip_sync: false,
         }
@@ -147,7 +150,13 @@ impl<D: Disk> ColdStore<D> {
             .iter()
             .map(|root| DiskState { root: root.clone(), down: RefCell::new(None), stats: Cell::default() })
             .collect();
-        Self { disk, options, disks, files: RefCell::default(), repair_queue: RefCell::default() }
+        let store = Self { disk, options, disks, files: RefCell::default(), repair_queue: RefCell::default() };
+        for (disk, why) in store.options.disks_down.clone() {
+            if usize::from(disk) < store.disks.len() {
+                *store.disks[usize::from(disk)].down.borrow_mut() = Some(why);
+            }
+        }
+        store
     }
 
     /// The directory holding this shard's cold files on `disk`.

@@ -425,12 +425,16 @@ impl Config {
         cold.hot_horizon_us = self.cold.hot_horizon.as_micros_u64();
         cold.file_bytes = self.cold.file_size.0;
         cold.sink_bytes_per_s = self.cold.sink_rate.0.0;
+        cold.disks_down = disks.disks.iter().filter_map(|d| d.down.clone().map(|why| (d.label.disk, why))).collect();
         cold
     }
 
     fn validate_cold(&self) -> Result<(), ConfigError> {
         let c = &self.cold;
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        if c.hdd.len() > crate::disks::DISKS_MAX {
+            return invalid("cold.hdd", format!("lists {} disks; at most {}", c.hdd.len(), crate::disks::DISKS_MAX));
+        }
         if c.hdd.iter().any(|p| p.as_os_str().is_empty()) {
             return invalid("cold.hdd", "lists an empty path".into());
         }

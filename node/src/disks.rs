@@ -24,6 +24,9 @@ pub struct DiskInfo {
     pub logical_block_bytes: Option<u64>,
     /// Whether the device spins (sysfs `queue/rotational`), when known.
     pub rotational: Option<bool>,
+    /// Why the disk is out of service from the start (an unlabelled disk the node used before:
+    /// replaced, or not mounted). Its reads fail; nothing is written to it.
+    pub down: Option<String>,
 }
 
 /// The node's cold disks, checked and labelled.
@@ -121,22 +124,26 @@ fn write_epochs(data_dir: &Path, epochs: &[u16]) -> Result<(), String> {
         .map_err(|e| format!("cannot record the placement epochs in {}: {e}", data_dir.join("PLACEMENT").display()))
 }
 
+/// The most cold disks a node may have (the placement uses the route table, built for up to
+/// this many groups).
+pub const DISKS_MAX: usize = strata_format::route::GROUP_COUNT_MAX as usize;
+
 /// Checks (and on first use, labels) the node's cold disks. `create_folders`: create missing
-/// disk roots (the default folders); configured HDD mount points must exist.
+/// disk roots (the default folders); configured HDD mount points must exist. Nothing is written
+/// (epochs, labels) until every disk has passed its checks.
 pub fn prepare(data_dir: &Path, hdd: &[PathBuf], create_folders: bool) -> Result<NodeDisks, String> {
-    if hdd.is_empty() || hdd.len() > usize::from(u16::MAX) {
-        return Err(format!("the node needs 1..=65535 cold disks, {} are configured", hdd.len()));
+    if hdd.is_empty() || hdd.len() > DISKS_MAX {
+        return Err(format!("the node needs 1..={DISKS_MAX} cold disks, {} are configured", hdd.len()));
     }
+    let first_start = !data_dir.join("NODE_ID").exists();
     let node = node_id(data_dir, true)?;
     let count = hdd.len() as u16;
-    let mut epochs = match read_epochs(data_dir)? {
-        Some(epochs) => epochs,
-        None => {
-            write_epochs(data_dir, &[count])?;
-            vec![count]
-        }
-    };
-    let newest = *epochs.last().expect("at least one epoch");
+    let old_epochs = read_epochs(data_dir)?;
+    // Disks below this index were in use before this start (by this node: a data directory
+    // copied from a peer gets an identity of its own and fresh disks).
+    let newest = old_epochs.as_ref().and_then(|e| e.last().copied()).unwrap_or(0);
+    let known = if first_start { 0 } else { newest };
+    let mut epochs = old_epochs.clone().unwrap_or_default();
     if count < newest {
         return Err(format!(
             "placement epoch {} spreads windows over {newest} disks, but only {count} are configured: a disk cannot be \
@@ -147,14 +154,10 @@ pub fn prepare(data_dir: &Path, hdd: &[PathBuf], create_folders: bool) -> Result
     }
     if count > newest {
         epochs.push(count);
-        write_epochs(data_dir, &epochs)?;
-        tracing::info!(
-            epoch = epochs.len(),
-            disks = count,
-            "disks added: new placement epoch (sunk windows stay where they are)"
-        );
     }
+    // Check every disk before writing anything.
     let mut disks = Vec::with_capacity(hdd.len());
+    let mut to_label = Vec::new();
     for (i, root) in hdd.iter().enumerate() {
         let i = i as u16;
         if !root.is_dir() {
@@ -165,7 +168,6 @@ pub fn prepare(data_dir: &Path, hdd: &[PathBuf], create_folders: bool) -> Result
                 return Err(format!("cold disk {i} at {} is not a directory (is the disk mounted?)", root.display()));
             }
         }
-        let label = check_label(root, i, node, &epochs)?;
         let (logical_block_bytes, rotational) = device_facts(root);
         if let Some(lbs) = logical_block_bytes
             && lbs > strata_format::BLOCK_SIZE as u64
@@ -176,13 +178,64 @@ pub fn prepare(data_dir: &Path, hdd: &[PathBuf], create_folders: bool) -> Result
                 strata_format::BLOCK_SIZE
             ));
         }
-        disks.push(DiskInfo { root: root.clone(), label, logical_block_bytes, rotational });
+        // The epoch a disk joined in: the first whose disk count includes it.
+        let joined = epochs.iter().position(|d| *d > i).map_or(epochs.len(), |p| p + 1) as u32;
+        let (label, down) = match check_label(root, i, node)? {
+            Some(label) => (label, None),
+            None if i < known => {
+                // A disk the node used before, now without a label: a replacement, or a mount
+                // that did not happen (the empty mount point would shadow the disk, and sinking
+                // onto it would hide its files). Serve without it; never write to it.
+                let why = format!(
+                    "cold disk {i} at {} has no label, but this node used disk {i} before: if the disk was replaced, \
+                     refill it with `strata-tool rebuild-disk --disk {i} --from <peer>`; if it is not mounted, mount it",
+                    root.display()
+                );
+                tracing::error!(disk = i, "{why}; serving without it");
+                (DiskLabel { node, disk: i, epoch: joined }, Some(why))
+            }
+            None => {
+                if !create_folders && !is_mount_point(root) {
+                    tracing::warn!(disk = i, root = %root.display(), "a new cold disk that is not a mount point: it shares the filesystem of its parent directory");
+                }
+                let label = DiskLabel { node, disk: i, epoch: joined };
+                to_label.push((root.clone(), label));
+                (label, None)
+            }
+        };
+        disks.push(DiskInfo { root: root.clone(), label, logical_block_bytes, rotational, down });
+    }
+    if old_epochs.as_ref() != Some(&epochs) {
+        write_epochs(data_dir, &epochs)?;
+        if old_epochs.is_some() {
+            tracing::info!(
+                epoch = epochs.len(),
+                disks = count,
+                "disks added: new placement epoch (sunk windows stay where they are)"
+            );
+        }
+    }
+    for (root, label) in to_label {
+        write_durably(&root, DISK_LABEL_FILE, &label.encode())
+            .map_err(|e| format!("cannot label cold disk {} at {}: {e}", label.disk, root.display()))?;
+        tracing::info!(disk = label.disk, root = %root.display(), "labelled an empty cold disk for this node");
     }
     Ok(NodeDisks { node_id: node, epochs, disks })
 }
 
-/// Checks a disk's label, writing one on an empty, unlabelled disk.
-fn check_label(root: &Path, index: u16, node: u64, epochs: &[u16]) -> Result<DiskLabel, String> {
+/// True when `path` is on another filesystem than its parent directory.
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Checks a disk's label: `Some` when it names this node and index, `None` when the disk is
+/// unlabelled and empty; an error when it is another's, swapped, or unlabelled with files.
+fn check_label(root: &Path, index: u16, node: u64) -> Result<Option<DiskLabel>, String> {
     let label = crate::cold::read_label(root).map_err(|e| format!("cold disk {index} at {}: {e}", root.display()))?;
     match label {
         Some(label) if label.node != node => Err(format!(
@@ -198,7 +251,7 @@ fn check_label(root: &Path, index: u16, node: u64, epochs: &[u16]) -> Result<Dis
             root.display(),
             label.disk
         )),
-        Some(label) => Ok(label),
+        Some(label) => Ok(Some(label)),
         None => {
             let entries: Vec<String> = std::fs::read_dir(root)
                 .map_err(|e| format!("cannot list cold disk {index} at {}: {e}", root.display()))?
@@ -213,13 +266,7 @@ fn check_label(root: &Path, index: u16, node: u64, epochs: &[u16]) -> Result<Dis
                     entries.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
                 ));
             }
-            // The epoch a disk joined in: the first whose disk count includes it.
-            let joined = epochs.iter().position(|d| *d > index).map_or(epochs.len(), |p| p + 1) as u32;
-            let label = DiskLabel { node, disk: index, epoch: joined };
-            write_durably(root, DISK_LABEL_FILE, &label.encode())
-                .map_err(|e| format!("cannot label cold disk {index} at {}: {e}", root.display()))?;
-            tracing::info!(disk = index, root = %root.display(), "labelled an empty cold disk for this node");
-            Ok(label)
+            Ok(None)
         }
     }
 }
@@ -239,4 +286,69 @@ pub fn device_facts(path: &Path) -> (Option<u64>, Option<bool>) {
     let Some(queue) = queue else { return (None, None) };
     let read = |name: &str| std::fs::read_to_string(queue.join(name)).ok().and_then(|t| t.trim().parse::<u64>().ok());
     (read("logical_block_size"), read("rotational").map(|r| r == 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots(dir: &Path, n: usize) -> Vec<PathBuf> {
+        (0..n).map(|i| dir.join(format!("hdd{i}"))).collect()
+    }
+
+    #[test]
+    fn first_start_labels_empty_disks_and_records_epoch_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = prepare(dir.path(), &roots(dir.path(), 4), true).unwrap();
+        assert_eq!(disks.epochs, vec![4]);
+        assert!(disks.disks.iter().all(|d| d.down.is_none() && d.label.node == disks.node_id && d.label.epoch == 1));
+        // A second start finds the same labels.
+        assert_eq!(prepare(dir.path(), &roots(dir.path(), 4), true).unwrap(), disks);
+    }
+
+    #[test]
+    fn added_disk_starts_a_new_epoch_and_removing_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &roots(dir.path(), 2), true).unwrap();
+        let grown = prepare(dir.path(), &roots(dir.path(), 3), true).unwrap();
+        assert_eq!(grown.epochs, vec![2, 3]);
+        assert_eq!((grown.disks[1].label.epoch, grown.disks[2].label.epoch), (1, 2));
+        let e = prepare(dir.path(), &roots(dir.path(), 2), true).unwrap_err();
+        assert!(e.contains("cannot be removed"), "{e}");
+    }
+
+    #[test]
+    fn foreign_swapped_and_unlabelled_nonempty_disks_are_refused_before_anything_is_written() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        prepare(a.path(), &roots(a.path(), 2), true).unwrap();
+        prepare(b.path(), &roots(b.path(), 2), true).unwrap();
+        // A disk of node B listed as a disk of node A, together with a new third disk.
+        let mut foreign = roots(a.path(), 3);
+        foreign[1] = b.path().join("hdd1");
+        let e = prepare(a.path(), &foreign, true).unwrap_err();
+        assert!(e.contains("belongs to node"), "{e}");
+        assert_eq!(read_epochs(a.path()).unwrap(), Some(vec![2]), "no epoch was added for a refused start");
+        assert!(!a.path().join("hdd2").join(DISK_LABEL_FILE).exists(), "no label was written either");
+        let mut swapped = roots(a.path(), 2);
+        swapped.swap(0, 1);
+        assert!(prepare(a.path(), &swapped, true).unwrap_err().contains("is labelled disk"));
+        let stranger = a.path().join("stranger");
+        std::fs::create_dir_all(&stranger).unwrap();
+        std::fs::write(stranger.join("somebody's.data"), b"x").unwrap();
+        let mut with_files = roots(a.path(), 2);
+        with_files.push(stranger);
+        assert!(prepare(a.path(), &with_files, true).unwrap_err().contains("holds files"));
+    }
+
+    #[test]
+    fn an_unlabelled_disk_the_node_used_before_is_served_down_not_relabelled() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &roots(dir.path(), 2), true).unwrap();
+        // The disk was replaced (or its mount point is empty): no label now.
+        std::fs::remove_file(dir.path().join("hdd1").join(DISK_LABEL_FILE)).unwrap();
+        let disks = prepare(dir.path(), &roots(dir.path(), 2), true).unwrap();
+        let why = disks.disks[1].down.as_ref().expect("disk 1 is down");
+        assert!(why.contains("rebuild-disk"), "{why}");
+        assert!(!dir.path().join("hdd1").join(DISK_LABEL_FILE).exists(), "it was not relabelled");
+    }
 }

@@ -225,7 +225,24 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     let files_a = disk_files(&disks.roots);
     let files_b = disk_files(&hdd_b);
     assert!(files_a.len() >= 8, "sinking wrote cold files: {:?}", files_a.keys().collect::<Vec<_>>());
-    assert!(files_a == files_b, "independent sinks of the same data give byte-identical disks");
+    if files_a != files_b {
+        let a_keys: Vec<_> = files_a.keys().collect();
+        let b_keys: Vec<_> = files_b.keys().collect();
+        let differing: Vec<_> = files_a.iter().filter(|(k, v)| files_b.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        let first = differing.first().map(|k| {
+            let (a, b) = (&files_a[*k], &files_b[*k]);
+            let at = a.iter().zip(b.iter()).position(|(x, y)| x != y);
+            (
+                a.len(),
+                b.len(),
+                at,
+                at.map(|i| (a[i.saturating_sub(8)..i + 24].to_vec(), b[i.saturating_sub(8)..i + 24].to_vec())),
+            )
+        });
+        panic!(
+            "independent sinks of the same data give byte-identical disks: A {a_keys:?}, B {b_keys:?}, differing {differing:?}, first {first:?}"
+        );
+    }
     println!("{} cold files, byte-identical on A and B", files_a.len());
 
     // Damage: corrupt one block of a file on disk 2; delete all of disk 3.

@@ -179,8 +179,8 @@ pub async fn scan_file(disk: u16, path: &Path, id: ColdFileId) -> Result<FileSca
                 pos += len;
             }
             // With a damaged file header the used end is unknown: zeros after the last block
-            // are the unused, preallocated rest.
-            Err(strata_format::cold::ColdFormatError::Unwritten) if header_bad && bad.is_none() => break,
+            // are the unused, preallocated rest (a damaged range ends where they begin).
+            Err(strata_format::cold::ColdFormatError::Unwritten) if header_bad => break,
             Err(e) => {
                 bad.get_or_insert((pos, e.to_string()));
                 pos += COLD_DATA_START;
@@ -188,7 +188,7 @@ pub async fn scan_file(disk: u16, path: &Path, id: ColdFileId) -> Result<FileSca
         }
     }
     if let Some((start, reason)) = bad.take() {
-        scan.damage.push(damage(start, end.max(pos) - start, reason, false));
+        scan.damage.push(damage(start, pos.min(end) - start, reason, false));
     }
     Ok(scan)
 }
@@ -399,6 +399,23 @@ async fn repair_one(ours: &Layout, peer: &Layout, d: &Damage) -> Result<String, 
         let bytes = copy_file(&from, &d.file, id, None).await?;
         return Ok(format!("copied the whole file ({bytes} bytes) from {}", from.display()));
     }
+    // The peer's file must be the same file, not just a valid one: replicas that sank
+    // different contents have different (equally valid) blocks at the same offsets.
+    let theirs = ColdFileHeader::decode(&read_peer(&from, 0, COLD_DATA_START)?)
+        .map_err(|e| format!("the peer's file header is damaged ({e}): repair the peer first"))?;
+    let ours_head = UringDisk.open(&d.file).await.map_err(|e| e.to_string())?;
+    let head = ours_head.read_at(0, COLD_DATA_START as usize).await.map_err(|e| e.to_string())?;
+    if let Ok(mine) = ColdFileHeader::decode(head.as_ref())
+        && mine != theirs
+    {
+        return Err(format!(
+            "the peer's file differs ({} blocks in {} bytes, ours {} in {}): it is not a copy of this one",
+            theirs.block_count, theirs.used_bytes, mine.block_count, mine.used_bytes
+        ));
+    }
+    if theirs.file != id || d.offset + d.len > theirs.used_bytes.max(COLD_DATA_START) {
+        return Err("the damaged range lies outside the peer's copy of the file".into());
+    }
     let good = read_peer(&from, d.offset, d.len)?;
     let blocks = verify_range(&good, d.offset, id).map_err(|e| format!("the peer's copy is bad too: {e}"))?;
     let file = UringDisk.open(&d.file).await.map_err(|e| e.to_string())?;
@@ -482,17 +499,17 @@ pub struct Rebuilt {
 pub fn rebuild_disk(ours: &Layout, peer: &Layout, disk: u16, node_id: u64) -> Result<Rebuilt, String> {
     let from_root = peer.hdd[usize::from(disk)].clone();
     let to_root = ours.hdd[usize::from(disk)].clone();
-    let mut files = Vec::new();
-    for shard in 0..ours.shards {
-        let dir = from_root.join(ColdFileId::shard_dir(shard));
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-        names.sort();
-        for name in names {
-            if let Some(id) = ColdFileId::parse(shard, &name) {
-                files.push((dir.join(&name), to_root.join(id.relative_path()), id));
-            }
-        }
+    // The files this node's manifests name on the disk: copied from the peer's same files.
+    let files: Vec<(PathBuf, PathBuf, ColdFileId)> = ours
+        .expected_files(Some(disk))?
+        .into_iter()
+        .map(|f| (from_root.join(f.id.relative_path()), f.path, f.id))
+        .collect();
+    if let Some((from, _, _)) = files.iter().find(|(from, _, _)| !from.exists()) {
+        return Err(format!(
+            "the peer lacks {}, which this node's manifest names: the peer does not hold the same data",
+            from.display()
+        ));
     }
     let total: u64 = files.iter().filter_map(|(from, _, _)| std::fs::metadata(from).ok()).map(|m| m.len()).sum();
     let progress = indicatif::ProgressBar::new(total).with_style(

@@ -183,7 +183,15 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         if state.frozen.is_some() {
             return Some(Job::Flush);
         }
-        let expired: Vec<u64> = state.levels.windows().map(|(w, _)| w).filter(|w| self.window_expired(*w)).collect();
+        let mut expired: Vec<u64> = state
+            .levels
+            .windows()
+            .map(|(w, _)| w)
+            .chain(state.manifest.cold_windows.keys().copied())
+            .filter(|w| self.window_expired(*w))
+            .collect();
+        expired.sort_unstable();
+        expired.dedup();
         if !expired.is_empty() {
             return Some(Job::Expire(expired));
         }
@@ -468,15 +476,15 @@ impl<D: Disk, C: Clock> Shard<D, C> {
 
     /// Drops every table of windows past retention, and their cold files if they were sunk.
     async fn expire(&self, windows: Vec<u64>) -> Result<(), String> {
-        let (removed, cold_removed): (Vec<(u64, u64)>, Vec<u64>) = {
+        let (held, cold_removed) = {
             let state = self.inner.state.borrow();
-            let tables = windows
-                .iter()
-                .flat_map(|w| state.levels.window(*w).iter().map(move |t| (*w, t.meta.table_id)))
-                .collect();
-            let cold = windows.iter().copied().filter(|w| state.manifest.cold_windows.contains_key(w)).collect();
+            let tables: Vec<Rc<Table<D::File>>> =
+                windows.iter().flat_map(|w| state.levels.window(*w).iter().cloned()).collect();
+            let cold: Vec<u64> =
+                windows.iter().copied().filter(|w| state.manifest.cold_windows.contains_key(w)).collect();
             (tables, cold)
         };
+        let removed: Vec<(u64, u64)> = held.iter().map(|t| (t.meta.window, t.meta.table_id)).collect();
         let ids: Vec<u64> = removed.iter().map(|(_, id)| *id).collect();
         let mut edit = self.edit(Vec::new(), ids.clone(), Vec::new(), None);
         edit.cold_removed.clone_from(&cold_removed);
@@ -487,7 +495,13 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 state.levels.remove(*window, *id);
             }
         }
-        if let Some(store) = &self.inner.cold {
+        if let Some(store) = &self.inner.cold
+            && !cold_removed.is_empty()
+        {
+            // Readers that took the windows' link tables may still read their files: wait.
+            while held.iter().any(|t| Rc::strong_count(t) > 1) {
+                self.inner.clock.sleep_us(1_000).await;
+            }
             for window in cold_removed {
                 // Not fatal: the manifest no longer names them, and the next open removes them.
                 if let Err(e) = store.remove_window_files(window, None).await {
@@ -496,6 +510,20 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             }
         }
         self.remove_tables(&ids).await
+    }
+
+    /// Removes table files the manifest does not name (written by a job that was abandoned).
+    /// Only maintenance writes tables, so between its jobs every unnamed table is dead.
+    pub(super) async fn remove_unnamed_tables(&self) -> Result<(), strata_ioengine::DiskError> {
+        let dir = &self.inner.tables_dir;
+        for name in self.inner.disk.list(dir).await? {
+            if let Some(id) = crate::lsm::table::parse_table_name(&name)
+                && !self.inner.state.borrow().manifest.tables.contains_key(&id)
+            {
+                self.inner.disk.remove(&dir.join(&name)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes files of tables that left the live set. A failure is logged, not fatal: the

@@ -184,8 +184,12 @@ impl ShardOptions {
             return bad("a window must be allowed at least one flushed table".into());
         }
         if let Some(cold) = &self.cold {
-            if cold.disks.is_empty() || cold.disks.len() > usize::from(u16::MAX) {
-                return bad(format!("the cold tier needs 1..=65535 disks, not {}", cold.disks.len()));
+            if cold.disks.is_empty() || cold.disks.len() > crate::disks::DISKS_MAX {
+                return bad(format!(
+                    "the cold tier needs 1..={} disks, not {}",
+                    crate::disks::DISKS_MAX,
+                    cold.disks.len()
+                ));
             }
             let block_max = strata_format::cold::COLD_BLOCK_MAX as u64;
             if cold.file_bytes < strata_format::cold::COLD_DATA_START + block_max

@@ -281,7 +281,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let mut out = Vec::with_capacity(entries.len());
         for (key, version, link) in entries {
             let value = match link {
-                Some(link) => Some(resolver.value(store, table, &key, &link).await?),
+                Some(link) => Some(resolver.value(store, table, &key, version, &link).await?),
                 None => None,
             };
             out.push((key, version, value));
@@ -293,7 +293,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
 /// A cold block and where each entry's key and value lie in its raw bytes, in key order.
 struct IndexedBlock {
     block: strata_format::cold::ColdBlock,
-    entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// Per entry: its key's and value's places in the raw bytes, and its version.
+    entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Version)>,
 }
 
 impl IndexedBlock {
@@ -304,15 +305,17 @@ impl IndexedBlock {
             let entry = entry?;
             let value = entry.value.unwrap_or_default();
             let (k, v) = (entry.key.as_ptr() as usize - base, value.as_ptr() as usize - base);
-            entries.push((k..k + entry.key.len(), v..v + value.len()));
+            entries.push((k..k + entry.key.len(), v..v + value.len(), entry.version));
         }
         Ok(Self { block, entries })
     }
 
-    fn value(&self, key: &[u8]) -> Option<&[u8]> {
+    /// The value and version the block holds for `key`.
+    fn value(&self, key: &[u8]) -> Option<(&[u8], Version)> {
         let raw = &self.block.block.raw;
-        let i = self.entries.binary_search_by(|(k, _)| raw[k.clone()].cmp(key)).ok()?;
-        Some(&raw[self.entries[i].1.clone()])
+        let i = self.entries.binary_search_by(|(k, _, _)| raw[k.clone()].cmp(key)).ok()?;
+        let (_, value, version) = &self.entries[i];
+        Some((&raw[value.clone()], *version))
     }
 }
 
@@ -325,12 +328,15 @@ pub(crate) struct LinkResolver {
 }
 
 impl LinkResolver {
-    /// The value `link` (from link table `table`) holds for `key`.
+    /// The value `link` (from link table `table`, for `key` at `version`) points at. A block
+    /// that holds the key at another version is not this window's block (a repair from a peer
+    /// that sank different contents): it is refused, not served.
     pub(crate) async fn value<D: Disk>(
         &mut self,
         store: &crate::cold::ColdStore<D>,
         table: &Table<D::File>,
         key: &[u8],
+        version: Version,
         link: &[u8],
     ) -> Result<Vec<u8>, ReadError> {
         let corrupted = |reason: String| {
@@ -348,8 +354,8 @@ impl LinkResolver {
         }
         let (_, block) = self.block.as_ref().expect("loaded above");
         match block.value(key) {
-            Some(value) => Ok(value.to_vec()),
-            None => {
+            Some((value, held)) if held == version => Ok(value.to_vec()),
+            found => {
                 let disk = strata_format::cold::disk_of(bucket, cold.window, cold.disks);
                 let file = strata_format::cold::ColdFileId {
                     window: cold.window,
@@ -361,7 +367,12 @@ impl LinkResolver {
                     disk,
                     path: store.file_path(disk, file),
                     offset: link.offset,
-                    reason: "the block lacks a key its link names".into(),
+                    reason: match found {
+                        Some((_, held)) => {
+                            format!("the block holds the key at version {held}, the link says {version}")
+                        }
+                        None => "the block lacks a key its link names".into(),
+                    },
                 }))
             }
         }

@@ -33,6 +33,9 @@ const SINK_RETRY_US: u64 = 60_000_000;
 enum SinkFailure {
     /// A cold disk failed: the sink is abandoned and rolled back; the window stays on SSD.
     Cold(u16, DiskError),
+    /// The previous generation could not be read back (a bad block, a down disk): the sink is
+    /// abandoned; the window keeps its old generation and its deltas, and is retried later.
+    Unreadable(String),
     /// The SSD side failed (a table or the manifest): the shard latches read-only.
     Fatal(String),
 }
@@ -54,11 +57,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         }
         let paused = state.sink_failed_at_us.is_some_and(|at| now < at.saturating_add(SINK_RETRY_US))
             || store.disk_down().iter().any(Option::is_some);
+        if !sunk {
+            // While sinking pauses, a due window is compacted like any other.
+            return (!paused).then_some(true);
+        }
         if paused {
             return Some(false);
-        }
-        if !sunk {
-            return Some(true);
         }
         let deltas = tables.iter().filter(|t| t.meta.level != LEVEL_COLD_LINKS).count();
         Some(deltas >= SINK_DELTA_TABLES)
@@ -82,7 +86,10 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let (cold, outputs, opened) = match outcome {
             Ok(done) => done,
             Err(SinkFailure::Fatal(reason)) => return Err(reason),
-            Err(SinkFailure::Cold(disk, e)) => return self.abandon_sink(window, generation, disk, &e).await,
+            Err(SinkFailure::Cold(disk, e)) => {
+                return self.abandon_sink(window, generation, &format!("cold disk {disk} failed: {e}")).await;
+            }
+            Err(SinkFailure::Unreadable(why)) => return self.abandon_sink(window, generation, &why).await,
         };
         let removed: Vec<u64> = inputs.iter().map(|t| t.meta.table_id).collect();
         let mut edit = self.edit(outputs, removed.clone(), Vec::new(), None);
@@ -121,13 +128,17 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         self.remove_tables(&removed).await
     }
 
-    /// Rolls back a sink a cold disk failed: removes what it wrote and clears the intent. The
-    /// window stays on SSD; sinking pauses, then tries again.
-    async fn abandon_sink(&self, window: u64, generation: u32, disk: u16, e: &DiskError) -> Result<(), String> {
+    /// Rolls back a sink that could not finish: removes the cold files and link tables it
+    /// wrote and clears the intent. The window stays as it was; sinking pauses, then tries again.
+    async fn abandon_sink(&self, window: u64, generation: u32, why: &str) -> Result<(), String> {
         let store = self.inner.cold.as_ref().expect("a sink has a cold tier");
-        tracing::error!(window, generation, disk, "sink abandoned: cold disk {disk} failed: {e}");
+        tracing::error!(window, generation, "sink abandoned: {why}");
         if let Err(e) = store.remove_window_files(window, self.live_generation(window)).await {
             tracing::warn!(window, "cannot remove an abandoned sink's files (removed at next open): {e}");
+        }
+        // Its link tables are named by no edit: remove them now, not at the next open.
+        if let Err(e) = self.remove_unnamed_tables().await {
+            tracing::warn!(window, "cannot remove an abandoned sink's link tables (removed at next open): {e}");
         }
         let mut edit = self.edit(Vec::new(), Vec::new(), Vec::new(), None);
         edit.intent = IntentChange::Cleared;
@@ -184,11 +195,11 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                             key.as_slice() >= t.meta.key_min.as_slice() && key.as_slice() <= t.meta.key_max.as_slice()
                         })
                         .ok_or_else(|| fatal(&"a link outside every link table's key range"))?;
-                    match resolver.value(store, table, &key, &link).await {
+                    match resolver.value(store, table, &key, version, &link).await {
                         Ok(value) => value,
                         Err(super::ReadError::Cold(e)) => {
-                            return Err(SinkFailure::Fatal(format!(
-                                "sink of window {window} cannot read its previous generation: {e}"
+                            return Err(SinkFailure::Unreadable(format!(
+                                "cannot read window {window}'s previous generation: {e}"
                             )));
                         }
                         Err(e) => return Err(fatal(&e)),
