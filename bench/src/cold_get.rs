@@ -66,6 +66,11 @@ pub struct Report {
     pub absent_gets: u64,
     pub hdd_reads_per_absent_get: f64,
     pub ssd_reads_per_absent_get: f64,
+    /// Timeline pages over sunk windows: the 20 newest entries of a random pkey.
+    pub scan_pages_per_s: f64,
+    pub scan_page_p50_us: u64,
+    pub scan_page_p99_us: u64,
+    pub hdd_reads_per_scan_page: f64,
     pub fio: fio::FioResult,
     pub ratio_to_fio: f64,
 }
@@ -111,6 +116,10 @@ struct Measured {
     absent_gets: u64,
     absent_cold_reads: u64,
     absent_cache_misses: u64,
+    scan_pages: u64,
+    scan_elapsed: Duration,
+    scan_latency_us: Histogram<u64>,
+    scan_cold_reads: u64,
 }
 
 pub fn run(args: &Args) -> Result<Report, String> {
@@ -188,6 +197,10 @@ pub fn run(args: &Args) -> Result<Report, String> {
         absent_gets: m.absent_gets,
         hdd_reads_per_absent_get: m.absent_cold_reads as f64 / m.absent_gets.max(1) as f64,
         ssd_reads_per_absent_get: m.absent_cache_misses as f64 / m.absent_gets.max(1) as f64,
+        scan_pages_per_s: m.scan_pages as f64 / m.scan_elapsed.as_secs_f64(),
+        scan_page_p50_us: m.scan_latency_us.value_at_quantile(0.5),
+        scan_page_p99_us: m.scan_latency_us.value_at_quantile(0.99),
+        hdd_reads_per_scan_page: m.scan_cold_reads as f64 / m.scan_pages.max(1) as f64,
         ratio_to_fio: gets_per_s / fio.iops,
         fio,
     })
@@ -287,6 +300,9 @@ async fn measure(dir: PathBuf, hdd: Vec<PathBuf>, args: Args, stat_file: Option<
     let (absent_gets, _, _) = read_for(&shard, &args, base_ts, (args.seconds / 5.0).clamp(0.2, 2.0), true).await?;
     let (_, misses2, _) = shard.cache_stats();
     let (reads2, _) = disk_reads(cold);
+    let (scan_pages, scan_elapsed, scan_latency_us) =
+        scan_for(&shard, &args, (args.seconds / 5.0).clamp(0.2, 2.0)).await?;
+    let (reads3, _) = disk_reads(cold);
     let measured = Measured {
         windows_sunk: sunk.len(),
         cold_blocks: sunk.iter().map(|c| c.blocks).sum(),
@@ -305,6 +321,10 @@ async fn measure(dir: PathBuf, hdd: Vec<PathBuf>, args: Args, stat_file: Option<
         absent_gets,
         absent_cold_reads: reads2 - reads1,
         absent_cache_misses: misses2 - misses1,
+        scan_pages,
+        scan_elapsed,
+        scan_latency_us,
+        scan_cold_reads: reads3 - reads2,
     };
     shard.close().await;
     Ok(measured)
@@ -362,6 +382,47 @@ async fn read_for(
     Ok((gets.get(), elapsed, latency))
 }
 
+/// Runs `inflight` tasks paging the 20 newest entries of random pkeys (each page spans two or
+/// three sunk windows) for `seconds`: pages, time until the last, latencies.
+async fn scan_for(
+    shard: &Shard<UringDisk, SystemClock>,
+    args: &Args,
+    seconds: f64,
+) -> Result<(u64, Duration, Histogram<u64>), String> {
+    let running = Rc::new(Cell::new(true));
+    let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
+    let pages = Rc::new(Cell::new(0u64));
+    let started = Instant::now();
+    let mut scanners = Vec::new();
+    for r in 0..args.inflight {
+        let (shard, running, histogram, pages) = (shard.clone(), running.clone(), histogram.clone(), pages.clone());
+        let pkeys = (args.entries / 100).max(1);
+        scanners.push(spawn_local(async move {
+            let mut rng = SimRng::new(0x5ca7 + r as u64);
+            while running.get() {
+                let pkey = format!("user{:010}", rng.below(pkeys)).into_bytes();
+                let start = Instant::now();
+                let page =
+                    shard.scan(&pkey, 0, u64::MAX - 1, 20, true).await.map_err(|e| format!("scan failed: {e}"))?;
+                if page.len() != 20 || page.windows(2).any(|w| w[0].ts <= w[1].ts) {
+                    return Err(format!("a timeline page of {} entries, or out of order", page.len()));
+                }
+                let _ = histogram.borrow_mut().record(start.elapsed().as_micros() as u64);
+                pages.set(pages.get() + 1);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    sleep(Duration::from_secs_f64(seconds)).await;
+    running.set(false);
+    for scanner in scanners {
+        scanner.await?;
+    }
+    let elapsed = started.elapsed();
+    let latency = histogram.borrow().clone();
+    Ok((pages.get(), elapsed, latency))
+}
+
 pub fn summary(r: &Report) -> String {
     format!(
         "cold-get: {} entries of {} B sunk in {} windows to {} disks ({} blocks, {:.0} MiB; link tables {:.0} MiB on SSD; sink {:.1} s), {} gets in flight, core {}\n\
@@ -369,6 +430,7 @@ pub fn summary(r: &Report) -> String {
          \x20         cold-disk reads per get {:.3} (goal exactly 1.0), SSD reads per get {:.3} (goal <= 1.0), block cache hit ratio {:.3} ({} MiB)\n\
          \x20         {:.0} bytes per cold read; device reads per get {}\n\
          \x20 absent keys: {} gets, cold-disk reads per get {:.3} (goal 0), SSD reads per get {:.3}\n\
+         \x20 timeline pages (20 newest of a random pkey): {:.0}/s, p50 {} us, p99 {} us, {:.2} cold-disk reads per page\n\
          \x20 fio:    {:.0} random {} reads/s (io_uring, O_DIRECT, QD{}, same core, same directory)\n\
          \x20 ratio:  {:.2}x fio (goal >= 0.8x)",
         r.entries,
@@ -394,6 +456,10 @@ pub fn summary(r: &Report) -> String {
         r.absent_gets,
         r.hdd_reads_per_absent_get,
         r.ssd_reads_per_absent_get,
+        r.scan_pages_per_s,
+        r.scan_page_p50_us,
+        r.scan_page_p99_us,
+        r.hdd_reads_per_scan_page,
         r.fio.iops,
         r.fio.job,
         r.inflight,

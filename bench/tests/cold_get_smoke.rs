@@ -17,7 +17,7 @@ fn cold_get_reads_one_cold_block_per_get_beside_fio() {
     assert!(output.status.success(), "strata-bench failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    for field in ["gets_per_s", "ratio_to_fio", "cold_bytes"] {
+    for field in ["gets_per_s", "ratio_to_fio", "cold_bytes", "scan_pages_per_s", "hdd_reads_per_scan_page"] {
         assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field} missing or zero");
     }
     assert_eq!(report["windows_sunk"].as_u64(), Some(8), "every window sank");
