@@ -60,6 +60,9 @@ pub struct Report {
     /// Reads the device (`/sys/block/<dev>/stat`) counted per get: SSD and cold reads together
     /// when the "disks" are folders on the same device.
     pub device_reads_per_get: Option<f64>,
+    /// The device's reads per second during the gets, against fio's: how busy the shared device
+    /// was (when the cold "disks" share the SSD tier's device, link reads count here too).
+    pub device_reads_to_fio: Option<f64>,
     pub cpu_us_per_get: f64,
     /// Gets of absent keys of sunk windows: cold-disk reads per get (goal 0: the link table's
     /// filter or one SSD block answers) and SSD reads per get.
@@ -193,6 +196,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         block_cache_bytes: args.block_cache_bytes,
         cold_read_bytes_avg: read_avg,
         device_reads_per_get: m.device_reads.map(|r| r as f64 / gets),
+        device_reads_to_fio: m.device_reads.map(|r| r as f64 / m.elapsed.as_secs_f64() / fio.iops),
         cpu_us_per_get: m.cpu_us as f64 / gets,
         absent_gets: m.absent_gets,
         hdd_reads_per_absent_get: m.absent_cold_reads as f64 / m.absent_gets.max(1) as f64,
@@ -428,7 +432,7 @@ pub fn summary(r: &Report) -> String {
         "cold-get: {} entries of {} B sunk in {} windows to {} disks ({} blocks, {:.0} MiB; link tables {:.0} MiB on SSD; sink {:.1} s), {} gets in flight, core {}\n\
          \x20 strata: {:.0} cold gets/s, p50 {} us, p99 {} us, {:.1} us CPU per get\n\
          \x20         cold-disk reads per get {:.3} (goal exactly 1.0), SSD reads per get {:.3} (goal <= 1.0), block cache hit ratio {:.3} ({} MiB)\n\
-         \x20         {:.0} bytes per cold read; device reads per get {}\n\
+         \x20         {:.0} bytes per cold read; device reads per get {} (the device at {} of fio's reads/s)\n\
          \x20 absent keys: {} gets, cold-disk reads per get {:.3} (goal 0), SSD reads per get {:.3}\n\
          \x20 timeline pages (20 newest of a random pkey): {:.0}/s, p50 {} us, p99 {} us, {:.2} cold-disk reads per page\n\
          \x20 fio:    {:.0} random {} reads/s (io_uring, O_DIRECT, QD{}, same core, same directory)\n\
@@ -453,6 +457,7 @@ pub fn summary(r: &Report) -> String {
         r.block_cache_bytes >> 20,
         r.cold_read_bytes_avg,
         r.device_reads_per_get.map_or("n/a".into(), |d| format!("{d:.3}")),
+        r.device_reads_to_fio.map_or("n/a".into(), |d| format!("{d:.2}x")),
         r.absent_gets,
         r.hdd_reads_per_absent_get,
         r.ssd_reads_per_absent_get,
