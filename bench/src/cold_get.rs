@@ -344,46 +344,27 @@ async fn read_for(
     seconds: f64,
     absent: bool,
 ) -> Result<(u64, Duration, Histogram<u64>), String> {
-    let running = Rc::new(Cell::new(true));
-    let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
-    let gets = Rc::new(Cell::new(0u64));
-    let started = Instant::now();
-    let mut readers = Vec::new();
-    for r in 0..args.inflight {
-        let (shard, running, histogram, gets) = (shard.clone(), running.clone(), histogram.clone(), gets.clone());
-        let entries = args.entries;
-        readers.push(spawn_local(async move {
-            let mut rng = SimRng::new(0xc01d + r as u64 + (seconds * 1000.0) as u64);
-            while running.get() {
-                let i = rng.below(entries);
-                let (pkey, ts) = key_of(i, base_ts);
-                let start = Instant::now();
-                // A timestamp one past an entry's belongs to no entry of this pkey.
-                let found = shard.get(&pkey, ts + u64::from(absent)).await.map_err(|e| format!("get failed: {e}"))?;
-                match found {
-                    None if absent => {}
-                    Some((_, value)) if !absent && value[..8] == i.to_le_bytes() => {}
-                    _ => return Err(format!("entry {i} (absent: {absent}) read wrong")),
-                }
-                let _ = histogram.borrow_mut().record(start.elapsed().as_micros() as u64);
-                gets.set(gets.get() + 1);
-                if absent {
+    let (shard, entries) = (shard.clone(), args.entries);
+    run_tasks(args.inflight, seconds, 0xc01d + (seconds * 1000.0) as u64, move |draw| {
+        let shard = shard.clone();
+        async move {
+            let i = draw % entries;
+            let (pkey, ts) = key_of(i, base_ts);
+            // A timestamp one past an entry's belongs to no entry of this pkey.
+            let found = shard.get(&pkey, ts + u64::from(absent)).await.map_err(|e| format!("get failed: {e}"))?;
+            match found {
+                None if absent => {
                     // An absent key is answered from the link table's filter without waiting:
                     // yield, or the timer that ends the run never gets to fire.
                     strata_ioengine::uring::yield_now().await;
+                    Ok(())
                 }
+                Some((_, value)) if !absent && value[..8] == i.to_le_bytes() => Ok(()),
+                _ => Err(format!("entry {i} (absent: {absent}) read wrong")),
             }
-            Ok::<(), String>(())
-        }));
-    }
-    sleep(Duration::from_secs_f64(seconds)).await;
-    running.set(false);
-    for reader in readers {
-        reader.await?;
-    }
-    let elapsed = started.elapsed();
-    let latency = histogram.borrow().clone();
-    Ok((gets.get(), elapsed, latency))
+        }
+    })
+    .await
 }
 
 /// Runs `inflight` tasks paging the 20 newest entries of random pkeys (each page spans two or
@@ -393,38 +374,60 @@ async fn scan_for(
     args: &Args,
     seconds: f64,
 ) -> Result<(u64, Duration, Histogram<u64>), String> {
+    let (shard, pkeys) = (shard.clone(), (args.entries / 100).max(1));
+    run_tasks(args.inflight, seconds, 0x5ca7, move |draw| {
+        let shard = shard.clone();
+        async move {
+            let pkey = format!("user{:010}", draw % pkeys).into_bytes();
+            let page = shard.scan(&pkey, 0, u64::MAX - 1, 20, true).await.map_err(|e| format!("scan failed: {e}"))?;
+            if page.len() != 20 || page.windows(2).any(|w| w[0].ts <= w[1].ts) {
+                return Err(format!("a timeline page of {} entries, or out of order", page.len()));
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `inflight` tasks, each calling `op` with a fresh random draw over and over, for
+/// `seconds`; then waits for every operation in flight. Returns the operations completed, the
+/// time until the last one, and their latencies (µs).
+async fn run_tasks<F, Fut>(
+    inflight: usize,
+    seconds: f64,
+    seed: u64,
+    op: F,
+) -> Result<(u64, Duration, Histogram<u64>), String>
+where
+    F: Fn(u64) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + 'static,
+{
     let running = Rc::new(Cell::new(true));
     let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
-    let pages = Rc::new(Cell::new(0u64));
+    let done = Rc::new(Cell::new(0u64));
     let started = Instant::now();
-    let mut scanners = Vec::new();
-    for r in 0..args.inflight {
-        let (shard, running, histogram, pages) = (shard.clone(), running.clone(), histogram.clone(), pages.clone());
-        let pkeys = (args.entries / 100).max(1);
-        scanners.push(spawn_local(async move {
-            let mut rng = SimRng::new(0x5ca7 + r as u64);
+    let mut tasks = Vec::new();
+    for t in 0..inflight {
+        let (op, running, histogram, done) = (op.clone(), running.clone(), histogram.clone(), done.clone());
+        tasks.push(spawn_local(async move {
+            let mut rng = SimRng::new(seed + t as u64);
             while running.get() {
-                let pkey = format!("user{:010}", rng.below(pkeys)).into_bytes();
                 let start = Instant::now();
-                let page =
-                    shard.scan(&pkey, 0, u64::MAX - 1, 20, true).await.map_err(|e| format!("scan failed: {e}"))?;
-                if page.len() != 20 || page.windows(2).any(|w| w[0].ts <= w[1].ts) {
-                    return Err(format!("a timeline page of {} entries, or out of order", page.len()));
-                }
+                op(rng.next_u64()).await?;
                 let _ = histogram.borrow_mut().record(start.elapsed().as_micros() as u64);
-                pages.set(pages.get() + 1);
+                done.set(done.get() + 1);
             }
             Ok::<(), String>(())
         }));
     }
     sleep(Duration::from_secs_f64(seconds)).await;
     running.set(false);
-    for scanner in scanners {
-        scanner.await?;
+    for task in tasks {
+        task.await?;
     }
     let elapsed = started.elapsed();
     let latency = histogram.borrow().clone();
-    Ok((pages.get(), elapsed, latency))
+    Ok((done.get(), elapsed, latency))
 }
 
 pub fn summary(r: &Report) -> String {

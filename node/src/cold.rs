@@ -302,6 +302,20 @@ impl<D: Disk> ColdStore<D> {
         ColdError::DiskDown { disk, reason }
     }
 
+    /// This shard's cold files on `disk`: path and identity (none when the directory is missing).
+    async fn shard_files(&self, disk: u16) -> Result<Vec<(PathBuf, ColdFileId)>, DiskError> {
+        let dir = self.shard_dir(disk);
+        let names = match self.disk.list(&dir).await {
+            Ok(names) => names,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|name| ColdFileId::parse(self.options.shard, &name).map(|id| (dir.join(&name), id)))
+            .collect())
+    }
+
     /// Removes every file of `window` in this shard's directories except those of generation
     /// `keep` (all of them when `None`). Returns how many were removed.
     pub async fn remove_window_files(&self, window: u64, keep: Option<u32>) -> Result<usize, DiskError> {
@@ -311,18 +325,9 @@ impl<D: Disk> ColdStore<D> {
             if self.check_up(disk).is_err() {
                 continue;
             }
-            let dir = self.shard_dir(disk);
-            let names = match self.disk.list(&dir).await {
-                Ok(names) => names,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            for name in names {
-                if let Some(id) = ColdFileId::parse(self.options.shard, &name)
-                    && id.window == window
-                    && Some(id.generation) != keep
-                {
-                    self.disk.remove(&dir.join(&name)).await?;
+            for (path, id) in self.shard_files(disk).await? {
+                if id.window == window && Some(id.generation) != keep {
+                    self.disk.remove(&path).await?;
                     removed += 1;
                 }
             }
@@ -338,20 +343,12 @@ impl<D: Disk> ColdStore<D> {
     ) -> Result<Vec<PathBuf>, DiskError> {
         let mut removed = Vec::new();
         for disk in 0..self.disks.len() as u16 {
-            let dir = self.shard_dir(disk);
-            let names = match self.disk.list(&dir).await {
-                Ok(names) => names,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            for name in names {
-                let Some(id) = ColdFileId::parse(self.options.shard, &name) else { continue };
+            for (path, id) in self.shard_files(disk).await? {
                 let wanted = live.get(&id.window).is_some_and(|c| {
                     c.generation == id.generation
                         && c.parts.get(usize::from(disk)).is_some_and(|parts| id.part < *parts)
                 });
                 if !wanted {
-                    let path = dir.join(&name);
                     self.disk.remove(&path).await?;
                     removed.push(path);
                 }
@@ -454,8 +451,7 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
         let disk = disk_of(bucket, self.window, self.disks);
         let file_bytes = self.store.options.file_bytes;
         // The encoded length does not depend on the offset: encode once to learn it.
-        let probe =
-            encode_cold_block(self.file_id(disk, 0), COLD_DATA_START, bucket, &self.raw, self.keys.len() as u32);
+        let probe = encode_cold_block(self.file_id(0), COLD_DATA_START, bucket, &self.raw, self.keys.len() as u32);
         let len = probe.len() as u64;
         let fits = self.open[usize::from(disk)].as_ref().is_some_and(|p| p.offset + len <= file_bytes);
         if !fits {
@@ -485,14 +481,13 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
         Ok(self.keys.drain(..).map(|(k, v)| (k, v, link)).collect())
     }
 
-    fn file_id(&self, disk: u16, part: u16) -> ColdFileId {
-        let _ = disk;
+    fn file_id(&self, part: u16) -> ColdFileId {
         ColdFileId { window: self.window, shard: self.store.options.shard, generation: self.generation, part }
     }
 
     async fn start_part(&mut self, disk: u16, first_block: u64) -> Result<(), DiskError> {
         let part_no = self.parts[usize::from(disk)];
-        let id = self.file_id(disk, part_no);
+        let id = self.file_id(part_no);
         let file_bytes = self.store.options.file_bytes;
         if COLD_DATA_START + first_block > file_bytes {
             return Err(DiskError::new(
@@ -526,20 +521,26 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
         Ok(())
     }
 
-    async fn write_buffer(&mut self, disk: u16, clock: &impl strata_ioengine::Clock) -> Result<(), DiskError> {
+    /// Writes the blocks `disk`'s open part has gathered (one write), counting them.
+    async fn write_gathered(&mut self, disk: u16) -> Result<(), DiskError> {
         let Some(part) = self.open[usize::from(disk)].as_mut() else { return Ok(()) };
         if part.buffer.is_empty() {
             return Ok(());
         }
         part.file.write_at(&part.buffer, part.buffer_at).await?;
         let n = part.buffer.len() as u64;
+        part.buffer.clear();
         self.store.count(disk, |s| {
             s.writes += 1;
             s.write_bytes += n;
         });
-        part.buffer.clear();
         self.written[usize::from(disk)] += n;
-        // Pace this disk: no faster than its byte budget since the sink started.
+        Ok(())
+    }
+
+    /// Writes what `disk` has gathered, then waits while the disk is ahead of its byte budget.
+    async fn write_buffer(&mut self, disk: u16, clock: &impl strata_ioengine::Clock) -> Result<(), DiskError> {
+        self.write_gathered(disk).await?;
         let rate = self.store.options.sink_bytes_per_s.max(1);
         let due_us = self.started_us.saturating_add(self.written[usize::from(disk)].saturating_mul(1_000_000) / rate);
         let now = clock.now_us();
@@ -551,17 +552,8 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
 
     /// Writes a part's remaining blocks and its header, and syncs it.
     async fn finish_part(&mut self, disk: u16) -> Result<(), DiskError> {
-        let Some(mut part) = self.open[usize::from(disk)].take() else { return Ok(()) };
-        if !part.buffer.is_empty() {
-            part.file.write_at(&part.buffer, part.buffer_at).await?;
-            let n = part.buffer.len() as u64;
-            self.written[usize::from(disk)] += n;
-            self.store.count(disk, |s| {
-                s.writes += 1;
-                s.write_bytes += n;
-            });
-            part.buffer.clear();
-        }
+        self.write_gathered(disk).await?;
+        let Some(part) = self.open[usize::from(disk)].take() else { return Ok(()) };
         let header = ColdFileHeader {
             file: part.id,
             disk,

@@ -82,6 +82,24 @@ fn random_u64() -> u64 {
     xxhash_rust::xxh3::xxh3_64(&[nanos.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat())
 }
 
+/// Takes `<data-dir>/LOCK` (flock), creating the directory if needed: `Ok(None)` when another
+/// process holds it. Held for as long as the returned file lives.
+pub fn try_lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, String> {
+    let path = data_dir.join("LOCK");
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// Writes `name` in `dir` through a temporary file, a rename and a directory fsync.
 pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));

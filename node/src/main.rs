@@ -351,15 +351,8 @@ fn check_shard_count(data_dir: &Path, shard_count: usize) -> Result<(), String> 
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = data_dir.join("SHARDS.tmp");
-            let write = || -> std::io::Result<()> {
-                let mut file = std::fs::File::create(&tmp)?;
-                std::io::Write::write_all(&mut file, format!("{shard_count}\n").as_bytes())?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                std::fs::File::open(data_dir)?.sync_all()
-            };
-            write().map_err(|e| format!("cannot record the shard count in {}: {e}", path.display()))
+            strata_node::disks::write_durably(data_dir, "SHARDS", format!("{shard_count}\n").as_bytes())
+                .map_err(|e| format!("cannot record the shard count in {}: {e}", path.display()))
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -367,21 +360,9 @@ fn check_shard_count(data_dir: &Path, shard_count: usize) -> Result<(), String> 
 
 /// Holds `<data-dir>/LOCK` for the life of the process: one node per data directory.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
-    let path = data_dir.join("LOCK");
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(format!("{} is locked: another strata is running on this data directory", path.display()))
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-    }
+    strata_node::disks::try_lock_data_dir(data_dir)?.ok_or_else(|| {
+        format!("{} is locked: another strata is running on this data directory", data_dir.join("LOCK").display())
+    })
 }
 
 /// Serves `GET /metrics` (Prometheus text) from a thread of its own.

@@ -3,22 +3,26 @@
 //! write lost at a crash). If this test fails, the simulation has gone blind.
 
 use strata_node::Mutation;
-use strata_tests::wal_sim::{SimConfig, run_seed};
+use strata_tests::wal_sim::{SimConfig, Violation, run_seed};
 
-#[test]
-fn simulation_catches_ack_before_fsync() {
-    let config = SimConfig { mutation: Some(Mutation::AckBeforeFsync), ..SimConfig::default() };
-    let mut caught = Vec::new();
-    for seed in 0..400 {
-        if let Err(violation) = run_seed(seed, &config) {
-            caught.push(violation);
-        }
-    }
-    println!("the simulation caught the mutation on {} of 400 seeds", caught.len());
+/// Runs 400 seeds with `mutation` and returns the violations the simulation found, printing
+/// how many and the first three.
+fn caught(mutation: Mutation) -> Vec<Violation> {
+    let config = SimConfig { mutation: Some(mutation), ..SimConfig::default() };
+    let caught: Vec<Violation> = (0..400).filter_map(|seed| run_seed(seed, &config).err()).collect();
+    println!("the simulation caught {mutation:?} on {} of 400 seeds", caught.len());
     for violation in caught.iter().take(3) {
         println!("  {violation}");
     }
-    assert!(!caught.is_empty(), "acknowledging before fdatasync went unnoticed over 400 seeds");
+    caught
+}
+
+#[test]
+fn simulation_catches_ack_before_fsync() {
+    assert!(
+        !caught(Mutation::AckBeforeFsync).is_empty(),
+        "acknowledging before fdatasync went unnoticed over 400 seeds"
+    );
 }
 
 #[test]
@@ -34,16 +38,8 @@ fn simulation_passes_the_same_seeds_without_the_mutation() {
 /// crash loses blocks the links point at, and an acknowledged write reads back as damaged.
 #[test]
 fn simulation_catches_a_sink_committed_before_its_files_are_synced() {
-    let config = SimConfig { mutation: Some(Mutation::SinkSkipsFsync), ..SimConfig::default() };
-    let mut caught = Vec::new();
-    for seed in 0..400 {
-        if let Err(violation) = run_seed(seed, &config) {
-            caught.push(violation);
-        }
-    }
-    println!("the simulation caught the unsynced sink on {} of 400 seeds", caught.len());
-    for violation in caught.iter().take(3) {
-        println!("  {violation}");
-    }
-    assert!(!caught.is_empty(), "a sink committed before its fdatasync went unnoticed over 400 seeds");
+    assert!(
+        !caught(Mutation::SinkSkipsFsync).is_empty(),
+        "a sink committed before its fdatasync went unnoticed over 400 seeds"
+    );
 }

@@ -288,17 +288,12 @@ pub fn scrub(files: &[ExpectedFile], progress: &indicatif::ProgressBar) -> Resul
 
 /// Holds a data directory's LOCK (the node is not running while this lives).
 pub fn lock(data_dir: &Path) -> Result<std::fs::File, String> {
-    let path = data_dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    file.try_lock().map_err(|_| {
-        format!("{} is locked: stop the node first (repair and rebuild-disk write its disks)", path.display())
-    })?;
-    Ok(file)
+    strata_node::disks::try_lock_data_dir(data_dir)?.ok_or_else(|| {
+        format!(
+            "{} is locked: stop the node first (repair and rebuild-disk write its disks)",
+            data_dir.join("LOCK").display()
+        )
+    })
 }
 
 /// Refuses a peer whose layout differs: its disks would not be byte-identical to ours.
