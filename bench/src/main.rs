@@ -69,8 +69,8 @@ enum Command {
         /// Measured seconds for each side.
         #[bpaf(long, argument("SECONDS"), fallback(10.0), display_fallback)]
         seconds: f64,
-        /// Block cache for the link tables, in MiB.
-        #[bpaf(long("block-cache-mib"), argument("MIB"), fallback(8), display_fallback)]
+        /// Block cache for the link tables, in MiB (the node's default).
+        #[bpaf(long("block-cache-mib"), argument("MIB"), fallback(64), display_fallback)]
         block_cache_mib: usize,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]

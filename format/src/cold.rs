@@ -147,6 +147,106 @@ impl ColdLink {
     }
 }
 
+/// A sunk window's link to one cold block, kept on SSD as the value of a link-table entry whose
+/// key is the block's last key. A get finds the first link whose key is at or above its own,
+/// and reads the block only when the key lies in the block's key range and the fingerprints
+/// say it may be there; a scan reads the blocks whose ranges meet its own.
+///
+/// ```text
+/// offset size          field         meaning
+/// 0      16            link          the block's place ([`ColdLink`])
+/// 16     4             crc           the block header's CRC: a read returns exactly this block
+/// 20     2             first_shared  bytes the block's first key shares with its last key
+/// 22     2             first_suffix  length of the rest of the first key
+/// 24     4             fp_count      fingerprints that follow
+/// 28     first_suffix  first key     the first key's bytes after the shared ones
+/// ..     4*fp_count    fingerprints  u32 LE, ascending, distinct: [`fingerprint`] of every key
+///                                    and of every key's pkey prefix (bucket, length, pkey)
+/// ```
+///
+/// Fingerprints cost four bytes per entry on SSD, not RAM: a key absent from a block reads it
+/// only when its 32-bit fingerprint collides with one of the block's (about one in 2^32 per
+/// fingerprint the block lists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockLink {
+    pub link: ColdLink,
+    pub crc: u32,
+    pub first_key: Vec<u8>,
+    pub fingerprints: Vec<u32>,
+}
+
+const BLOCK_LINK_FIXED: usize = 28;
+
+/// A key's (or pkey prefix's) 32-bit fingerprint in a [`BlockLink`].
+#[must_use]
+pub fn fingerprint(bytes: &[u8]) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64_with_seed(bytes, 0x5354_4650) >> 32) as u32
+}
+
+impl BlockLink {
+    /// The link of a block holding `keys` (encoded keys, in key order): the fingerprints of
+    /// every key and of every key's pkey prefix.
+    #[must_use]
+    pub fn new<K: AsRef<[u8]>>(link: ColdLink, crc: u32, keys: &[K]) -> Self {
+        let mut fingerprints: Vec<u32> = keys
+            .iter()
+            .map(AsRef::as_ref)
+            .flat_map(|k| [fingerprint(k), fingerprint(crate::key::pkey_prefix(k))])
+            .collect();
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        Self { link, crc, first_key: keys.first().map(|k| k.as_ref().to_vec()).unwrap_or_default(), fingerprints }
+    }
+
+    /// Whether the block may hold `bytes` (a key or a pkey prefix): false only when surely not.
+    #[must_use]
+    pub fn may_hold(&self, bytes: &[u8]) -> bool {
+        self.fingerprints.binary_search(&fingerprint(bytes)).is_ok()
+    }
+
+    /// The value of the link-table entry whose key is `last_key` (the block's last key).
+    #[must_use]
+    pub fn encode(&self, last_key: &[u8]) -> Vec<u8> {
+        let shared = self.first_key.iter().zip(last_key).take_while(|(a, b)| a == b).count();
+        let suffix = &self.first_key[shared..];
+        let mut out = Vec::with_capacity(BLOCK_LINK_FIXED + suffix.len() + 4 * self.fingerprints.len());
+        out.extend_from_slice(&self.link.encode());
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        out.extend_from_slice(&u16::try_from(shared).expect("keys are short").to_le_bytes());
+        out.extend_from_slice(&u16::try_from(suffix.len()).expect("keys are short").to_le_bytes());
+        out.extend_from_slice(&u32::try_from(self.fingerprints.len()).expect("at most 2^32").to_le_bytes());
+        out.extend_from_slice(suffix);
+        for fp in &self.fingerprints {
+            out.extend_from_slice(&fp.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes the value of the link-table entry whose key is `last_key`.
+    pub fn decode(bytes: &[u8], last_key: &[u8]) -> Result<Self, ColdFormatError> {
+        if bytes.len() < BLOCK_LINK_FIXED {
+            return Err(ColdFormatError::BadLink);
+        }
+        let link = ColdLink::decode(&bytes[..COLD_LINK_SIZE])?;
+        let u16_at = |at: usize| usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let (shared, suffix_len, fp_count) = (u16_at(20), u16_at(22), u32_at(24) as usize);
+        if shared > last_key.len() || bytes.len() != BLOCK_LINK_FIXED + suffix_len + 4 * fp_count {
+            return Err(ColdFormatError::BadLink);
+        }
+        let mut first_key = last_key[..shared].to_vec();
+        first_key.extend_from_slice(&bytes[BLOCK_LINK_FIXED..BLOCK_LINK_FIXED + suffix_len]);
+        let fingerprints: Vec<u32> = bytes[BLOCK_LINK_FIXED + suffix_len..]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if fingerprints.windows(2).any(|w| w[0] >= w[1]) || first_key.as_slice() > last_key {
+            return Err(ColdFormatError::BadLink);
+        }
+        Ok(Self { link, crc: u32_at(16), first_key, fingerprints })
+    }
+}
+
 /// Cold block header, at a 4 KiB-aligned offset of a cold file.
 ///
 /// ```text
@@ -312,6 +412,8 @@ pub fn peek_cold_block(bytes: &[u8]) -> Result<ColdBlockHeader, ColdFormatError>
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColdBlock {
     pub bucket: Bucket,
+    /// The CRC its header carries: a [`BlockLink`] names the block by it.
+    pub crc: u32,
     pub block: DecodedBlock,
 }
 
@@ -347,16 +449,21 @@ pub fn decode_cold_block(bytes: &[u8], file: ColdFileId, offset: u64) -> Result<
     if raw.len() != raw_len {
         return Err(ColdFormatError::BadBlock { reason: "decompressed length differs from raw length" });
     }
-    let block =
-        ColdBlock { bucket: header.bucket.get(), block: DecodedBlock { raw, entry_count: header.entry_count.get() } };
+    let block = ColdBlock {
+        bucket: header.bucket.get(),
+        crc: header.crc.get(),
+        block: DecodedBlock { raw, entry_count: header.entry_count.get() },
+    };
+    let mut previous: Option<&[u8]> = None;
     for entry in block.entries() {
         let entry = entry.map_err(|_| ColdFormatError::BadBlock { reason: "malformed entry" })?;
-        if entry.key.len() < 2
-            || u16::from_be_bytes([entry.key[0], entry.key[1]]) != block.bucket
-            || entry.value.is_none()
-        {
-            return Err(ColdFormatError::BadBlock { reason: "entry of another bucket, or a tombstone" });
+        if entry.key.len() < 2 || u16::from_be_bytes([entry.key[0], entry.key[1]]) != block.bucket {
+            return Err(ColdFormatError::BadBlock { reason: "entry of another bucket" });
         }
+        if previous.is_some_and(|p| p >= entry.key) {
+            return Err(ColdFormatError::BadBlock { reason: "entries out of key order" });
+        }
+        previous = Some(entry.key);
     }
     Ok(block)
 }
@@ -614,6 +721,27 @@ mod tests {
         let unaligned = ColdLink { offset: 4097, ..link };
         assert_eq!(ColdLink::decode(&unaligned.encode()), Err(ColdFormatError::BadLink));
         assert_eq!(ColdLink::decode(&[0; 15]), Err(ColdFormatError::BadLink));
+    }
+
+    #[test]
+    fn block_link_round_trips_finds_its_keys_and_refuses_bad_shapes() {
+        let keys: Vec<Vec<u8>> = (0..300).map(|ts| encode_key(b"user-1", ts * 7).unwrap()).collect();
+        let last = keys.last().unwrap();
+        let link = BlockLink::new(ColdLink { part: 2, offset: 8192, len: 12_288 }, 0xDEAD_BEEF, &keys);
+        assert_eq!(link.first_key, keys[0]);
+        let bytes = link.encode(last);
+        assert!(bytes.len() <= 28 + 8 + 4 * 301, "the first key shares at least its pkey with the last");
+        assert_eq!(BlockLink::decode(&bytes, last), Ok(link.clone()));
+        assert!(keys.iter().all(|k| link.may_hold(k)), "every key of the block is found");
+        assert!(link.may_hold(crate::key::pkey_prefix(&keys[0])), "and its pkey");
+        let absent = (0..100_000u64).filter(|ts| link.may_hold(&encode_key(b"user-2", *ts).unwrap())).count();
+        assert_eq!(absent, 0, "absent keys collide about once in 2^32 / 301");
+        assert_eq!(BlockLink::decode(&bytes[..bytes.len() - 1], last), Err(ColdFormatError::BadLink));
+        assert_eq!(BlockLink::decode(&bytes, &last[..3]), Err(ColdFormatError::BadLink), "shares more than the key");
+        let mut unsorted = bytes.clone();
+        let fp_at = bytes.len() - 4 * 301;
+        unsorted.copy_within(fp_at..fp_at + 4, fp_at + 4);
+        assert_eq!(BlockLink::decode(&unsorted, last), Err(ColdFormatError::BadLink));
     }
 
     #[test]

@@ -121,6 +121,15 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRef<'_>, KeyError> {
     Ok(KeyRef { bucket: stored, pkey, ts: u64::from_be_bytes(ts) })
 }
 
+/// The encoded key's prefix that names its pkey: bucket, length byte, pkey (no ts).
+///
+/// # Panics
+/// When `key` is shorter than a timestamp (not an encoded key).
+#[must_use]
+pub fn pkey_prefix(key: &[u8]) -> &[u8] {
+    &key[..key.len() - 8]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,8 +77,8 @@ impl RangeTombstone {
     }
 }
 
-/// The level of a sunk window's link tables: their entries' values are [`crate::cold::ColdLink`]s
-/// to cold blocks (tombstones stay tombstones).
+/// The level of a sunk window's link tables: one entry per cold block, keyed by the block's last
+/// key, whose value is its [`crate::cold::BlockLink`].
 pub const LEVEL_COLD_LINKS: u8 = 2;
 
 /// A window sunk to the cold tier: where its blocks are, and how they were placed.

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use strata_format::cold::{
-    COLD_BLOCK_HEADER_SIZE, COLD_BLOCK_MAX, COLD_DATA_START, ColdBlock, ColdFileHeader, ColdFileId, ColdLink,
-    decode_cold_block, disk_of, encode_cold_block,
+    BlockLink, COLD_BLOCK_HEADER_SIZE, COLD_BLOCK_MAX, COLD_DATA_START, ColdBlock, ColdFileHeader, ColdFileId,
+    ColdLink, decode_cold_block, disk_of, encode_cold_block,
 };
 use strata_format::key::Bucket;
 use strata_format::manifest::ColdWindow;
@@ -246,8 +246,14 @@ impl<D: Disk> ColdStore<D> {
         self.files.borrow_mut().retain(|(_, f), _| f.window != window);
     }
 
-    /// Reads and checks the block `link` of `bucket` in the sunk window `cold`.
-    pub async fn read_block(&self, cold: &ColdWindow, bucket: Bucket, link: ColdLink) -> Result<ColdBlock, ColdError> {
+    /// Reads and checks the block `linked` names, of `bucket` in the sunk window `cold`.
+    pub async fn read_block(
+        &self,
+        cold: &ColdWindow,
+        bucket: Bucket,
+        linked: &BlockLink,
+    ) -> Result<ColdBlock, ColdError> {
+        let link = linked.link;
         let disk = disk_of(bucket, cold.window, cold.disks);
         self.check_up(disk)?;
         let file =
@@ -282,9 +288,16 @@ impl<D: Disk> ColdStore<D> {
             }
         }
         match outcome {
-            Ok(block) if block.bucket == bucket => Ok(block),
+            Ok(block) if block.bucket == bucket && block.crc == linked.crc => Ok(block),
             Ok(block) => {
-                let reason = format!("the block holds bucket {}, the link was for bucket {bucket}", block.bucket);
+                let reason = if block.bucket == bucket {
+                    format!(
+                        "the block is not the one its link names (CRC {:#010x}, the link says {:#010x})",
+                        block.crc, linked.crc
+                    )
+                } else {
+                    format!("the block holds bucket {}, the link was for bucket {bucket}", block.bucket)
+                };
                 self.queue_bad(bad(reason.clone()));
                 Err(corrupted(reason))
             }
@@ -383,10 +396,11 @@ pub struct ColdWriter<'a, D: Disk> {
     disks: u16,
     parts: Vec<u16>,
     open: Vec<Option<PartWriter<D::File>>>,
-    /// The block being filled: its bucket, raw entries, and (key, version) of each.
+    /// The block being filled: its bucket, raw entries, the key of each and the highest version.
     bucket: Option<Bucket>,
     raw: Vec<u8>,
-    keys: Vec<(Vec<u8>, Version)>,
+    keys: Vec<Vec<u8>>,
+    max_version: Version,
     pub blocks: u64,
     pub entries: u64,
     pub bytes: u64,
@@ -395,8 +409,15 @@ pub struct ColdWriter<'a, D: Disk> {
     started_us: u64,
 }
 
-/// One entry as the sinker hands it over: its key, version and the link to its block.
-pub type LinkedEntry = (Vec<u8>, Version, ColdLink);
+/// A written block as the sinker hands it over for its link table.
+#[derive(Debug)]
+pub struct LinkedBlock {
+    /// The block's keys, in order (the last one keys its link; all go in the table's filter).
+    pub keys: Vec<Vec<u8>>,
+    /// The highest version in the block.
+    pub version: Version,
+    pub link: BlockLink,
+}
 
 impl<'a, D: Disk> ColdWriter<'a, D> {
     #[must_use]
@@ -412,6 +433,7 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
             bucket: None,
             raw: Vec::new(),
             keys: Vec::new(),
+            max_version: 0,
             blocks: 0,
             entries: 0,
             bytes: 0,
@@ -420,34 +442,35 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
         }
     }
 
-    /// Adds one live entry (entries arrive in key order, so buckets arrive in order). Returns
-    /// the entries of a block that was closed to make room, with their links.
+    /// Adds one entry (`None`: a tombstone that must stay); entries arrive in key order, so
+    /// buckets arrive in order. Returns the block that was closed to make room, with its link.
     pub async fn add(
         &mut self,
         key: &[u8],
         version: Version,
-        value: &[u8],
+        value: Option<&[u8]>,
         clock: &impl strata_ioengine::Clock,
-    ) -> Result<Vec<LinkedEntry>, (u16, DiskError)> {
+    ) -> Result<Option<LinkedBlock>, (u16, DiskError)> {
         let bucket = u16::from_be_bytes([key[0], key[1]]);
-        let entry_len = ENTRY_HEADER_SIZE + key.len() + value.len();
-        let mut closed = Vec::new();
+        let entry_len = ENTRY_HEADER_SIZE + key.len() + value.map_or(0, <[u8]>::len);
+        let mut closed = None;
         let full = !self.raw.is_empty() && self.raw.len() + entry_len > self.store.options.block_raw_bytes;
         if self.bucket.is_some_and(|b| b != bucket) || full {
             closed = self.close_block(clock).await?;
         }
         self.bucket = Some(bucket);
-        push_entry(&mut self.raw, key, version, Some(value));
-        self.keys.push((key.to_vec(), version));
+        push_entry(&mut self.raw, key, version, value);
+        self.keys.push(key.to_vec());
+        self.max_version = self.max_version.max(version);
         Ok(closed)
     }
 
-    /// Closes the open block (if any): encodes it at its place and returns its entries' links.
-    pub async fn close_block(
+    /// Closes the open block (if any): encodes it at its place and returns its link.
+    async fn close_block(
         &mut self,
         clock: &impl strata_ioengine::Clock,
-    ) -> Result<Vec<LinkedEntry>, (u16, DiskError)> {
-        let Some(bucket) = self.bucket.take() else { return Ok(Vec::new()) };
+    ) -> Result<Option<LinkedBlock>, (u16, DiskError)> {
+        let Some(bucket) = self.bucket.take() else { return Ok(None) };
         let disk = disk_of(bucket, self.window, self.disks);
         let file_bytes = self.store.options.file_bytes;
         // The encoded length does not depend on the offset: encode once to learn it.
@@ -471,14 +494,20 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
         part.offset += len;
         part.blocks += 1;
         let link = ColdLink { part: part.id.part, offset, len: len as u32 };
+        let crc = strata_format::cold::peek_cold_block(&bytes).expect("a block just encoded").crc.get();
         self.blocks += 1;
         self.entries += self.keys.len() as u64;
         self.bytes += len;
         self.raw.clear();
+        let linked = LinkedBlock {
+            link: BlockLink::new(link, crc, &self.keys),
+            keys: std::mem::take(&mut self.keys),
+            version: std::mem::take(&mut self.max_version),
+        };
         if part.buffer.len() >= SINK_WRITE_BYTES {
             self.write_buffer(disk, clock).await.map_err(|e| (disk, e))?;
         }
-        Ok(self.keys.drain(..).map(|(k, v)| (k, v, link)).collect())
+        Ok(Some(linked))
     }
 
     fn file_id(&self, part: u16) -> ColdFileId {
@@ -575,7 +604,7 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
     pub async fn finish(
         mut self,
         clock: &impl strata_ioengine::Clock,
-    ) -> Result<(ColdWindow, Vec<LinkedEntry>), (u16, DiskError)> {
+    ) -> Result<(ColdWindow, Option<LinkedBlock>), (u16, DiskError)> {
         let tail = self.close_block(clock).await?;
         for disk in 0..self.disks {
             self.finish_part(disk).await.map_err(|e| (disk, e))?;

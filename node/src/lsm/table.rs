@@ -196,6 +196,20 @@ impl<F: DiskFile> TableWriter<F> {
         Ok(())
     }
 
+    /// Puts `keys` (sorted) and their pkeys in the table's filter without adding entries: a
+    /// link table, whose entries are its blocks' last keys, filters on every key its blocks hold.
+    pub fn add_to_filter<K: AsRef<[u8]>>(&mut self, keys: &[K]) {
+        let mut previous: Option<&[u8]> = None;
+        for key in keys.iter().map(AsRef::as_ref) {
+            self.hashes.push(Bloom::hash(key));
+            let prefix = pkey_prefix(key);
+            if previous != Some(prefix) {
+                self.hashes.push(Bloom::hash(prefix));
+                previous = Some(prefix);
+            }
+        }
+    }
+
     /// Writes the last block, index, filter and footer, and syncs the file.
     pub async fn finish(mut self) -> Result<TableMeta, DiskError> {
         assert!(self.meta.entry_count > 0, "a table holds at least one entry");
@@ -373,6 +387,28 @@ impl<F: DiskFile> Table<F> {
         Ok(None)
     }
 
+    /// The first entry with a key at or above `key`, if any (no filter: a link table's keys
+    /// are its blocks' last keys, and the block that may hold `key` is the first at or above).
+    /// One block read at most.
+    pub async fn seek(
+        &self,
+        key: &[u8],
+        cache: &RefCell<BlockCache>,
+    ) -> Result<Option<(Vec<u8>, Version, Option<Vec<u8>>)>, TableError> {
+        let i = self.block_for(key);
+        if i == self.index.len() {
+            return Ok(None);
+        }
+        let block = self.block(i, cache).await?;
+        for entry in EntryIter::new(&block) {
+            let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
+            if entry.key >= key {
+                return Ok(Some((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec))));
+            }
+        }
+        Err(self.corrupted(self.index[i].offset, "a block ends below the last key its index names".into()))
+    }
+
     /// Every entry with `from <= key <= to`, in key order.
     pub async fn range(
         &self,
@@ -518,14 +554,16 @@ impl<F: DiskFile> TableCursor<F> {
         Ok(self.entries.front().map(|(k, _, _)| k.as_slice()))
     }
 
+    /// The table this cursor reads.
+    #[must_use]
+    pub fn table(&self) -> &Rc<Table<F>> {
+        &self.table
+    }
+
     /// Takes the entry `peek_key` returned.
     pub fn pop(&mut self) -> Option<(Vec<u8>, Version, Option<Vec<u8>>)> {
         self.entries.pop_front()
     }
 }
 
-/// The encoded key's prefix that names its pkey: bucket, length byte, pkey (no ts).
-#[must_use]
-pub fn pkey_prefix(key: &[u8]) -> &[u8] {
-    &key[..key.len() - 8]
-}
+pub use strata_format::key::pkey_prefix;

@@ -7,13 +7,14 @@
 
 use super::{Shard, StoredEntry, Versioned};
 use crate::cold::ColdError;
-use crate::lsm::table::{Table, TableError};
+use crate::lsm::table::{Table, TableError, pkey_prefix};
 use crate::lsm::{ts_of_key, window_of};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
+use strata_format::cold::BlockLink;
 use strata_format::key::{KeyError, Timestamp, decode_key, encode_key};
-use strata_format::manifest::RangeTombstone;
+use strata_format::manifest::{LEVEL_COLD_LINKS, RangeTombstone};
 use strata_format::version::Version;
 use strata_ioengine::{Clock, Disk};
 
@@ -99,9 +100,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         };
         let mut found = found;
         for table in tables {
-            if let Some(entry) = table.get(&key, &self.inner.cache).await? {
-                let resolved = self.resolve(&table, vec![(key.clone(), entry.0, entry.1)]).await?;
-                found = resolved.into_iter().next().map(|(_, v, value)| (v, value));
+            if let Some(entry) = self.table_get(&table, &key).await? {
+                found = Some(entry);
                 break;
             }
         }
@@ -161,18 +161,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 break;
             }
             let in_memory = by_window.remove(&window).unwrap_or_default();
-            let tables: Vec<_> = tables_of[&window]
-                .iter()
-                .filter(|t| t.may_contain_pkey(crate::lsm::table::pkey_prefix(&from)))
-                .cloned()
-                .collect();
+            let tables: Vec<_> =
+                tables_of[&window].iter().filter(|t| t.may_contain_pkey(pkey_prefix(&from))).cloned().collect();
             let entries = if newest_first {
                 self.window_newest(pkey, &from, &to, in_memory, &tables, &ranges, remaining).await?
             } else {
                 let mut merged = in_memory;
                 for table in &tables {
-                    let got = table.range(&from, &to, &self.inner.cache).await?;
-                    for (key, version, value) in self.resolve(table, got).await? {
+                    for (key, version, value) in self.table_range(table, &from, &to).await? {
                         merge_in(&mut merged, key, version, value);
                     }
                 }
@@ -203,8 +199,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let mut merged = in_memory.clone();
             let mut cutoff: Option<Vec<u8>> = None;
             for table in tables {
-                let got = table.range_newest(from, to, n, &self.inner.cache).await?;
-                let got = self.resolve(table, got).await?;
+                let got = self.table_range_newest(table, from, to, n).await?;
                 if got.len() == n {
                     let oldest = got.last().expect("n > 0 entries").0.clone();
                     if cutoff.as_ref().is_none_or(|c| oldest > *c) {
@@ -241,8 +236,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             (merged, state.levels.all().cloned().collect::<Vec<_>>(), ranges)
         };
         for table in tables {
-            let got = table.all(&self.inner.cache).await?;
-            for (key, version, value) in self.resolve(&table, got).await? {
+            for (key, version, value) in self.table_all(&table).await? {
                 merge_in(&mut merged, key, version, value);
             }
         }
@@ -259,42 +253,155 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 }
 
+/// Reads of tables, through their blocks' links for a sunk window's link tables: each entry of
+/// a link table is a [`BlockLink`] keyed by its block's last key.
 impl<D: Disk, C: Clock> Shard<D, C> {
-    /// Replaces the cold links a sunk window's link table returned by the values they point
-    /// at, reading each linked block once (entries of other tables pass through).
-    pub(crate) async fn resolve(
+    /// The entry `table` holds for `key`: its version and value (`None`: tombstone). For a link
+    /// table: when its pinned filter admits the key, one link-table block (SSD, cached), and
+    /// when the link's key range and fingerprints admit it, one cold block.
+    pub(crate) async fn table_get(
         &self,
         table: &Table<D::File>,
-        entries: TableEntries,
-    ) -> Result<TableEntries, ReadError> {
-        if table.meta.level != strata_format::manifest::LEVEL_COLD_LINKS {
-            return Ok(entries);
+        key: &[u8],
+    ) -> Result<Option<(Version, Option<Vec<u8>>)>, ReadError> {
+        if !is_links(table) {
+            return Ok(table.get(key, &self.inner.cache).await?);
         }
-        let Some(store) = self.inner.cold.as_ref() else {
-            return Err(ReadError::Table(TableError::Corrupted {
-                file: table.path().to_path_buf(),
-                offset: 0,
-                reason: "a link table, but the shard has no cold tier".into(),
-            }));
-        };
-        let mut resolver = LinkResolver::default();
-        let mut out = Vec::with_capacity(entries.len());
-        for (key, version, link) in entries {
-            let value = match link {
-                Some(link) => Some(resolver.value(store, table, &key, version, &link).await?),
-                None => None,
-            };
-            out.push((key, version, value));
+        if !table.may_contain(key) {
+            return Ok(None);
+        }
+        let Some((last_key, _, link)) = table.seek(key, &self.inner.cache).await? else { return Ok(None) };
+        let linked = decode_link(table, &last_key, link.as_deref())?;
+        if key < linked.first_key.as_slice() || !linked.may_hold(key) {
+            return Ok(None);
+        }
+        let block = self.read_linked(table, &linked).await?;
+        Ok(block.get(key).map(|(version, value)| (version, value.map(<[u8]>::to_vec))))
+    }
+
+    /// Every entry of `table` with `from <= key <= to`, in key order.
+    pub(crate) async fn table_range(
+        &self,
+        table: &Table<D::File>,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<TableEntries, ReadError> {
+        if !is_links(table) {
+            return Ok(table.range(from, to, &self.inner.cache).await?);
+        }
+        let mut out = Vec::new();
+        for linked in self.links_meeting(table, from, to).await? {
+            let block = self.read_linked(table, &linked).await?;
+            out.extend(block.entries_in(from, to));
         }
         Ok(out)
     }
+
+    /// Up to `n` entries of `table` with `from <= key <= to`, highest key first.
+    pub(crate) async fn table_range_newest(
+        &self,
+        table: &Table<D::File>,
+        from: &[u8],
+        to: &[u8],
+        n: usize,
+    ) -> Result<TableEntries, ReadError> {
+        if !is_links(table) {
+            return Ok(table.range_newest(from, to, n, &self.inner.cache).await?);
+        }
+        let mut out = Vec::new();
+        for linked in self.links_meeting(table, from, to).await?.iter().rev() {
+            if out.len() >= n {
+                break;
+            }
+            let block = self.read_linked(table, linked).await?;
+            out.extend(block.entries_in(from, to).into_iter().rev().take(n - out.len()));
+        }
+        Ok(out)
+    }
+
+    /// Every entry of `table`, in key order (checks and tools; it reads every block).
+    pub(crate) async fn table_all(&self, table: &Table<D::File>) -> Result<TableEntries, ReadError> {
+        if !is_links(table) {
+            return Ok(table.all(&self.inner.cache).await?);
+        }
+        let mut out = Vec::new();
+        for (last_key, _, link) in table.all(&self.inner.cache).await? {
+            let linked = decode_link(table, &last_key, link.as_deref())?;
+            out.extend(self.read_linked(table, &linked).await?.entries_from(&[], usize::MAX));
+        }
+        Ok(out)
+    }
+
+    /// The links of `table`'s blocks whose key ranges meet `from..=to`, in key order: those
+    /// whose last key lies in the range, and the next one when it starts at or below `to`. When
+    /// the range is one pkey's, blocks whose fingerprints rule the pkey out are left out.
+    async fn links_meeting(&self, table: &Table<D::File>, from: &[u8], to: &[u8]) -> Result<Vec<BlockLink>, ReadError> {
+        let mut links = Vec::new();
+        for (last_key, _, link) in table.range(from, to, &self.inner.cache).await? {
+            links.push(decode_link(table, &last_key, link.as_deref())?);
+        }
+        let mut above = to.to_vec();
+        above.push(0);
+        if let Some((last_key, _, link)) = table.seek(&above, &self.inner.cache).await? {
+            let linked = decode_link(table, &last_key, link.as_deref())?;
+            if linked.first_key.as_slice() <= to {
+                links.push(linked);
+            }
+        }
+        if from.len() > 8 && to.len() > 8 && pkey_prefix(from) == pkey_prefix(to) {
+            links.retain(|l| l.may_hold(pkey_prefix(from)));
+        }
+        Ok(links)
+    }
+
+    /// Reads the cold block `linked` names, from the files of `table`'s sunk window.
+    pub(crate) async fn read_linked(
+        &self,
+        table: &Table<D::File>,
+        linked: &BlockLink,
+    ) -> Result<IndexedBlock, ReadError> {
+        let corrupted = |reason: String| {
+            ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
+        };
+        let Some(store) = self.inner.cold.as_ref() else {
+            return Err(corrupted("a link table, but the shard has no cold tier".into()));
+        };
+        let Some(cold) = table.cold.as_ref() else {
+            return Err(corrupted("a link table without a sunk window".into()));
+        };
+        let bucket = u16::from_be_bytes([linked.first_key[0], linked.first_key[1]]);
+        let block = store.read_block(cold, bucket, linked).await?;
+        IndexedBlock::new(block).map_err(|e| corrupted(e.to_string()))
+    }
+}
+
+fn is_links<F>(table: &Table<F>) -> bool {
+    table.meta.level == LEVEL_COLD_LINKS
+}
+
+/// The [`BlockLink`] a link table's entry (keyed by its block's last key) holds.
+pub(super) fn decode_link<F: strata_ioengine::DiskFile>(
+    table: &Table<F>,
+    last_key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<BlockLink, ReadError> {
+    let corrupted = |reason: String| {
+        ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
+    };
+    let value = value.ok_or_else(|| corrupted("a link table holds a tombstone".into()))?;
+    let linked = BlockLink::decode(value, last_key).map_err(|e| corrupted(e.to_string()))?;
+    if linked.first_key.len() < 2 {
+        return Err(corrupted("a block link without a first key".into()));
+    }
+    Ok(linked)
 }
 
 /// A cold block and where each entry's key and value lie in its raw bytes, in key order.
-struct IndexedBlock {
+pub(crate) struct IndexedBlock {
     block: strata_format::cold::ColdBlock,
-    /// Per entry: its key's and value's places in the raw bytes, and its version.
-    entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Version)>,
+    /// Per entry: its key's and value's (`None`: tombstone) places in the raw bytes, and its
+    /// version.
+    entries: Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>, Version)>,
 }
 
 impl IndexedBlock {
@@ -303,79 +410,47 @@ impl IndexedBlock {
         let mut entries = Vec::with_capacity(block.block.entry_count as usize);
         for entry in block.entries() {
             let entry = entry?;
-            let value = entry.value.unwrap_or_default();
-            let (k, v) = (entry.key.as_ptr() as usize - base, value.as_ptr() as usize - base);
-            entries.push((k..k + entry.key.len(), v..v + value.len(), entry.version));
+            let k = entry.key.as_ptr() as usize - base;
+            let value = entry.value.map(|v| {
+                let at = v.as_ptr() as usize - base;
+                at..at + v.len()
+            });
+            entries.push((k..k + entry.key.len(), value, entry.version));
         }
         Ok(Self { block, entries })
     }
 
-    /// The value and version the block holds for `key`.
-    fn value(&self, key: &[u8]) -> Option<(&[u8], Version)> {
+    /// The version and value (`None`: tombstone) the block holds for `key`.
+    fn get(&self, key: &[u8]) -> Option<(Version, Option<&[u8]>)> {
         let raw = &self.block.block.raw;
         let i = self.entries.binary_search_by(|(k, _, _)| raw[k.clone()].cmp(key)).ok()?;
         let (_, value, version) = &self.entries[i];
-        Some((&raw[value.clone()], *version))
+        Some((*version, value.as_ref().map(|v| &raw[v.clone()])))
     }
-}
 
-/// Turns cold links of one link table into values, keeping the last block read (consecutive
-/// keys usually share a block). Only the values asked for are copied out of the block.
-#[derive(Default)]
-pub(crate) struct LinkResolver {
-    /// The last block read: its bucket (which names its disk) and link, and the block.
-    block: Option<((u16, strata_format::cold::ColdLink), IndexedBlock)>,
-}
+    /// The entries with `from <= key <= to`, in key order, copied out.
+    fn entries_in(&self, from: &[u8], to: &[u8]) -> TableEntries {
+        let raw = &self.block.block.raw;
+        let start = self.entries.partition_point(|(k, _, _)| &raw[k.clone()] < from);
+        let end = self.entries.partition_point(|(k, _, _)| &raw[k.clone()] <= to).max(start);
+        self.copied(start..end)
+    }
 
-impl LinkResolver {
-    /// The value `link` (from link table `table`, for `key` at `version`) points at. A block
-    /// that holds the key at another version is not this window's block (a repair from a peer
-    /// that sank different contents): it is refused, not served.
-    pub(crate) async fn value<D: Disk>(
-        &mut self,
-        store: &crate::cold::ColdStore<D>,
-        table: &Table<D::File>,
-        key: &[u8],
-        version: Version,
-        link: &[u8],
-    ) -> Result<Vec<u8>, ReadError> {
-        let corrupted = |reason: String| {
-            ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
-        };
-        let Some(cold) = table.cold.as_ref() else {
-            return Err(corrupted("a link table without a sunk window".into()));
-        };
-        let link = strata_format::cold::ColdLink::decode(link).map_err(|e| corrupted(e.to_string()))?;
-        let bucket = u16::from_be_bytes([key[0], key[1]]);
-        if self.block.as_ref().is_none_or(|(at, _)| *at != (bucket, link)) {
-            let read = store.read_block(cold, bucket, link).await?;
-            let indexed = IndexedBlock::new(read).map_err(|e| corrupted(e.to_string()))?;
-            self.block = Some(((bucket, link), indexed));
-        }
-        let (_, block) = self.block.as_ref().expect("loaded above");
-        match block.value(key) {
-            Some((value, held)) if held == version => Ok(value.to_vec()),
-            found => {
-                let disk = strata_format::cold::disk_of(bucket, cold.window, cold.disks);
-                let file = strata_format::cold::ColdFileId {
-                    window: cold.window,
-                    shard: store.options.shard,
-                    generation: cold.generation,
-                    part: link.part,
-                };
-                Err(ReadError::Cold(ColdError::Corrupted {
-                    disk,
-                    path: store.file_path(disk, file),
-                    offset: link.offset,
-                    reason: match found {
-                        Some((_, held)) => {
-                            format!("the block holds the key at version {held}, the link says {version}")
-                        }
-                        None => "the block lacks a key its link names".into(),
-                    },
-                }))
-            }
-        }
+    /// Up to `n` entries from the first at or above `from`, in key order, copied out.
+    pub(crate) fn entries_from(&self, from: &[u8], n: usize) -> TableEntries {
+        let raw = &self.block.block.raw;
+        let start = self.entries.partition_point(|(k, _, _)| &raw[k.clone()] < from);
+        self.copied(start..start.saturating_add(n).min(self.entries.len()))
+    }
+
+    fn copied(&self, range: std::ops::Range<usize>) -> TableEntries {
+        let raw = &self.block.block.raw;
+        self.entries[range]
+            .iter()
+            .map(|(k, value, version)| {
+                (raw[k.clone()].to_vec(), *version, value.as_ref().map(|v| raw[v.clone()].to_vec()))
+            })
+            .collect()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The sinker: the only writer of the cold tier. It moves a whole window past the hot horizon
-//! from its SSD tables to cold blocks on the HDDs, leaving on SSD one link table per run of
-//! keys: each live key with its version and the [`ColdLink`] of its block.
+//! from its SSD tables to cold blocks on the HDDs, leaving on SSD link tables that hold one
+//! [`strata_format::cold::BlockLink`] per block, keyed by the block's last key.
 //!
 //! Two phases: (1) a manifest edit logs the intent (window, generation); (2) the window's
 //! tables are merged and its live entries written, bucket by bucket, as cold blocks to the
@@ -14,10 +14,10 @@
 //! they pile up, the window is sunk again as the next generation, folding them in (it keeps its
 //! placement epoch, so its history never moves).
 
-use super::read::LinkResolver;
+use super::maintenance::Merge;
 use super::{Shard, State};
-use crate::cold::ColdWriter;
-use crate::lsm::table::{Table, TableWriter, table_path};
+use crate::cold::{ColdWriter, LinkedBlock};
+use crate::lsm::table::{Table, TableCursor, TableWriter, table_path};
 use crate::lsm::{WINDOW_TIMELESS, window_of};
 use std::rc::Rc;
 use strata_format::manifest::{ColdWindow, IntentChange, LEVEL_COLD_LINKS, SinkIntent, TableMeta};
@@ -166,57 +166,30 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let clock = &self.inner.clock;
         let fatal = |e: &dyn std::fmt::Display| SinkFailure::Fatal(format!("sink of window {window} failed: {e}"));
         let order = inputs.iter().map(|t| t.meta.order).max().unwrap_or(0);
-        let mut merge = super::maintenance::Merge::new(inputs);
+        let mut input = SinkInput::new(self, inputs);
         let mut writer = ColdWriter::new(store, window, generation, epoch, disks, clock.now_us());
-        let mut links = LinkTables { window, order, writer: None, outputs: Vec::new() };
-        // Values of a previous generation, read back through its links.
-        let mut resolver = LinkResolver::default();
-        let link_tables: Vec<&Rc<Table<D::File>>> =
-            inputs.iter().filter(|t| t.meta.level == LEVEL_COLD_LINKS).collect();
-        while let Some((key, version, value, level)) = merge.next().await.map_err(|e| fatal(&e))? {
+        let mut links = LinkTables { window, order, writer: None, key_min: None, outputs: Vec::new() };
+        while let Some((key, version, value)) = input.next().await? {
             debug_assert_eq!(window_of(crate::lsm::ts_of_key(&key), self.inner.options.window_us), window);
             if self.hidden_by_range(&key, version) {
                 continue;
             }
-            let value = match value {
-                // A tombstone an older range delete also covers must stay (dropping it would
-                // make the key read at the range's version): it stays in the link table.
-                None if self.covered_by_range(&key) => {
-                    let closed = writer.close_block(clock).await.map_err(|(d, e)| SinkFailure::Cold(d, e))?;
-                    links.add_all(self, closed).await.map_err(|e| fatal(&e))?;
-                    links.add(self, &key, version, None).await.map_err(|e| fatal(&e))?;
-                    continue;
-                }
-                None => continue,
-                Some(link) if level == LEVEL_COLD_LINKS => {
-                    let table = link_tables
-                        .iter()
-                        .find(|t| {
-                            key.as_slice() >= t.meta.key_min.as_slice() && key.as_slice() <= t.meta.key_max.as_slice()
-                        })
-                        .ok_or_else(|| fatal(&"a link outside every link table's key range"))?;
-                    match resolver.value(store, table, &key, version, &link).await {
-                        Ok(value) => value,
-                        Err(super::ReadError::Cold(e)) => {
-                            return Err(SinkFailure::Unreadable(format!(
-                                "cannot read window {window}'s previous generation: {e}"
-                            )));
-                        }
-                        Err(e) => return Err(fatal(&e)),
-                    }
-                }
-                Some(value) => value,
-            };
-            let closed = writer.add(&key, version, &value, clock).await.map_err(|(d, e)| SinkFailure::Cold(d, e))?;
-            links.add_all(self, closed).await.map_err(|e| fatal(&e))?;
+            // A tombstone an older range delete also covers must stay (dropping it would make
+            // the key read at the range's version): it is sunk like a value.
+            if value.is_none() && !self.covered_by_range(&key) {
+                continue;
+            }
+            let closed =
+                writer.add(&key, version, value.as_deref(), clock).await.map_err(|(d, e)| SinkFailure::Cold(d, e))?;
+            links.add(self, closed).await.map_err(|e| fatal(&e))?;
             // A flush never waits behind a long sink (see compaction).
             if self.inner.state.borrow().frozen.is_some() {
                 self.flush().await.map_err(SinkFailure::Fatal)?;
             }
         }
-        drop(merge);
+        drop(input);
         let (cold, tail) = writer.finish(clock).await.map_err(|(d, e)| SinkFailure::Cold(d, e))?;
-        links.add_all(self, tail).await.map_err(|e| fatal(&e))?;
+        links.add(self, tail).await.map_err(|e| fatal(&e))?;
         let outputs = links.finish().await.map_err(|e| fatal(&e))?;
         let mut opened = Vec::new();
         for meta in &outputs {
@@ -229,11 +202,15 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     }
 }
 
-/// The link tables a sink writes, cut at the table size target.
+/// The link tables a sink writes, one entry per cold block, cut at the table size target.
+/// A link table's key range starts at its first block's first key (its own first key is that
+/// block's last), and its filter holds every key and pkey of its blocks, so reads find it for
+/// every key its blocks hold and skip it, without a read, for most keys they do not.
 struct LinkTables<F> {
     window: u64,
     order: u64,
     writer: Option<TableWriter<F>>,
+    key_min: Option<Vec<u8>>,
     outputs: Vec<TableMeta>,
 }
 
@@ -241,31 +218,22 @@ impl<F: strata_ioengine::DiskFile> LinkTables<F> {
     async fn add<D: Disk<File = F>, C: Clock>(
         &mut self,
         shard: &Shard<D, C>,
-        key: &[u8],
-        version: Version,
-        link: Option<&[u8]>,
+        block: Option<LinkedBlock>,
     ) -> Result<(), DiskError> {
+        let Some(LinkedBlock { keys, version, link }) = block else { return Ok(()) };
+        let last_key = keys.last().expect("a block holds an entry");
         if self.writer.is_none() {
             let table_id = shard.alloc_table_id();
             let path = table_path(&shard.inner.tables_dir, table_id);
             let format = shard.inner.options.hot_format;
             self.writer = Some(TableWriter::create(&shard.inner.disk, &path, table_id, self.window, format).await?);
+            self.key_min = Some(link.first_key.clone());
         }
         let writer = self.writer.as_mut().expect("created above");
-        writer.add(key, version, link).await?;
+        writer.add(last_key, version, Some(&link.encode(last_key))).await?;
+        writer.add_to_filter(&keys);
         if writer.bytes() >= shard.inner.options.table_bytes_target {
             self.cut().await?;
-        }
-        Ok(())
-    }
-
-    async fn add_all<D: Disk<File = F>, C: Clock>(
-        &mut self,
-        shard: &Shard<D, C>,
-        entries: Vec<crate::cold::LinkedEntry>,
-    ) -> Result<(), DiskError> {
-        for (key, version, link) in entries {
-            self.add(shard, &key, version, Some(&link.encode())).await?;
         }
         Ok(())
     }
@@ -275,6 +243,7 @@ impl<F: strata_ioengine::DiskFile> LinkTables<F> {
             let mut meta = writer.finish().await?;
             meta.order = self.order;
             meta.level = LEVEL_COLD_LINKS;
+            meta.key_min = self.key_min.take().expect("set with the writer");
             self.outputs.push(meta);
         }
         Ok(())
@@ -283,5 +252,98 @@ impl<F: strata_ioengine::DiskFile> LinkTables<F> {
     async fn finish(mut self) -> Result<Vec<TableMeta>, DiskError> {
         self.cut().await?;
         Ok(self.outputs)
+    }
+}
+
+/// What a sink writes, in key order: the window's delta tables merged with the entries of its
+/// previous generation (read back block by block through its link tables); for a key both
+/// hold, the higher version wins.
+struct SinkInput<'s, D: Disk, C: Clock> {
+    shard: &'s Shard<D, C>,
+    deltas: Merge<D::File>,
+    delta_head: Option<Entry>,
+    /// The previous generation's link tables in key order, the one being read, and the entries
+    /// of its current block.
+    links: Vec<TableCursor<D::File>>,
+    link_at: usize,
+    cold: std::collections::VecDeque<Entry>,
+    started: bool,
+}
+
+type Entry = (Vec<u8>, Version, Option<Vec<u8>>);
+
+impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
+    fn new(shard: &'s Shard<D, C>, inputs: &[Rc<Table<D::File>>]) -> Self {
+        let deltas: Vec<_> = inputs.iter().filter(|t| t.meta.level != LEVEL_COLD_LINKS).cloned().collect();
+        let mut links: Vec<_> =
+            inputs.iter().filter(|t| t.meta.level == LEVEL_COLD_LINKS).map(|t| TableCursor::new(t.clone())).collect();
+        links.sort_by(|a, b| a.table().meta.key_min.cmp(&b.table().meta.key_min));
+        Self {
+            shard,
+            deltas: Merge::new(&deltas),
+            delta_head: None,
+            links,
+            link_at: 0,
+            cold: std::collections::VecDeque::new(),
+            started: false,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Entry>, SinkFailure> {
+        let fatal = |e: &dyn std::fmt::Display| SinkFailure::Fatal(format!("sink failed: {e}"));
+        if !self.started {
+            self.started = true;
+            self.delta_head = self.deltas.next().await.map_err(|e| fatal(&e))?.map(|(k, v, value, _)| (k, v, value));
+        }
+        self.fill_cold().await?;
+        let take_delta = match (&self.delta_head, self.cold.front()) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(d), Some(c)) => match d.0.cmp(&c.0) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => {
+                    // Both hold the key: the older entry goes.
+                    let cold = self.cold.pop_front().expect("peeked");
+                    if cold.1 > d.1 {
+                        self.delta_head = Some(cold);
+                    }
+                    true
+                }
+            },
+        };
+        if take_delta {
+            let next = self.deltas.next().await.map_err(|e| fatal(&e))?.map(|(k, v, value, _)| (k, v, value));
+            Ok(std::mem::replace(&mut self.delta_head, next))
+        } else {
+            Ok(self.cold.pop_front())
+        }
+    }
+
+    /// Reads the previous generation's next block when its entries ran out.
+    async fn fill_cold(&mut self) -> Result<(), SinkFailure> {
+        let fatal = |e: &dyn std::fmt::Display| SinkFailure::Fatal(format!("sink failed: {e}"));
+        while self.cold.is_empty() && self.link_at < self.links.len() {
+            let cursor = &mut self.links[self.link_at];
+            if cursor.peek_key().await.map_err(|e| fatal(&e))?.is_none() {
+                self.link_at += 1;
+                continue;
+            }
+            let (last_key, _, link) = cursor.pop().expect("peeked an entry");
+            let table = cursor.table().clone();
+            let linked = super::read::decode_link(&table, &last_key, link.as_deref()).map_err(|e| fatal(&e))?;
+            match self.shard.read_linked(&table, &linked).await {
+                Ok(block) => self.cold.extend(block.entries_from(&[], usize::MAX)),
+                Err(super::ReadError::Cold(e)) => {
+                    return Err(SinkFailure::Unreadable(format!(
+                        "cannot read window {}'s previous generation: {e}",
+                        table.meta.window
+                    )));
+                }
+                Err(e) => return Err(fatal(&e)),
+            }
+        }
+        Ok(())
     }
 }
