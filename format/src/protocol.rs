@@ -31,6 +31,10 @@ pub const VALUE_LEN_MAX: u32 = 1 << 20;
 pub const BATCH_ITEMS_MAX: u16 = 1024;
 /// The most entries one SCAN may ask for.
 pub const SCAN_LIMIT_MAX: u32 = 10_000;
+/// The most bytes one COLD_READ may ask for.
+pub const COLD_READ_MAX: u32 = 1 << 20;
+/// COLD_READ offsets and lengths are multiples of this (the cold tier's direct-I/O alignment).
+pub const COLD_READ_ALIGN: u32 = 4096;
 /// The longest error message a response carries; longer ones are cut at a character boundary.
 pub const MESSAGE_LEN_MAX: usize = 1024;
 
@@ -90,10 +94,13 @@ pub enum Opcode {
     MGet = 9,
     MPut = 10,
     Stats = 11,
+    /// Raw bytes of one of the node's cold files (admin): how `strata-tool repair` and
+    /// `rebuild-disk` copy from a running peer.
+    ColdRead = 12,
 }
 
 impl Opcode {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Ping,
         Self::Auth,
         Self::Put,
@@ -105,6 +112,7 @@ impl Opcode {
         Self::MGet,
         Self::MPut,
         Self::Stats,
+        Self::ColdRead,
     ];
 
     #[must_use]
@@ -126,6 +134,7 @@ impl Opcode {
             Self::MGet => "MGET",
             Self::MPut => "MPUT",
             Self::Stats => "STATS",
+            Self::ColdRead => "COLD_READ",
         }
     }
 }
@@ -844,6 +853,32 @@ pub struct Scan<'a> {
     pub newest_first: bool,
 }
 
+/// A COLD_READ: `len` bytes at `offset` of cold file `file` on disk `disk` of shard
+/// `file.shard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColdRead {
+    pub disk: u16,
+    pub file: crate::cold::ColdFileId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+fn check_cold_read(read: &ColdRead) -> Result<(), ProtocolError> {
+    if read.len > COLD_READ_MAX {
+        return Err(ProtocolError::BodyTooLarge { len: u64::from(read.len), max: COLD_READ_MAX });
+    }
+    if read.len == 0
+        || !read.len.is_multiple_of(COLD_READ_ALIGN)
+        || !read.offset.is_multiple_of(u64::from(COLD_READ_ALIGN))
+    {
+        return Err(ProtocolError::Invalid {
+            field: "COLD_READ",
+            reason: "offset and len must be multiples of 4096, and len above 0",
+        });
+    }
+    Ok(())
+}
+
 /// A decoded request, borrowing from its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -872,6 +907,7 @@ pub enum Request<'a> {
     MGet(MGetItems<'a>),
     MPut(MPutItems<'a>),
     Stats,
+    ColdRead(ColdRead),
 }
 
 impl<'a> Request<'a> {
@@ -889,6 +925,7 @@ impl<'a> Request<'a> {
             Self::MGet(_) => Opcode::MGet,
             Self::MPut(_) => Opcode::MPut,
             Self::Stats => Opcode::Stats,
+            Self::ColdRead(_) => Opcode::ColdRead,
         }
     }
 
@@ -901,7 +938,9 @@ impl<'a> Request<'a> {
             Self::Get(key) | Self::GetIfNewer { key, .. } | Self::Delete(key) => Some(key.pkey),
             Self::DeleteRange { pkey, .. } => Some(pkey),
             Self::Scan(scan) => Some(scan.pkey),
-            Self::Ping { .. } | Self::Auth { .. } | Self::MGet(_) | Self::MPut(_) | Self::Stats => None,
+            Self::Ping { .. } | Self::Auth { .. } | Self::MGet(_) | Self::MPut(_) | Self::Stats | Self::ColdRead(_) => {
+                None
+            }
         }
     }
 }
@@ -1061,6 +1100,18 @@ fn parse_request(opcode: Opcode, body: &[u8]) -> Result<Request<'_>, ProtocolErr
             Request::MPut(Batch::take(&mut reader, count.into(), Reader::put)?)
         }
         Opcode::Stats => Request::Stats,
+        Opcode::ColdRead => {
+            let (shard, disk, window) = (reader.u16("shard")?, reader.u16("disk")?, reader.u64("window")?);
+            let (generation, part) = (reader.u32("generation")?, reader.u16("part")?);
+            if reader.u16("reserved")? != 0 {
+                return Err(ProtocolError::ReservedNonZero { field: "COLD_READ reserved" });
+            }
+            let (offset, len) = (reader.u64("offset")?, reader.u32("len")?);
+            let file = crate::cold::ColdFileId { window, shard, generation, part };
+            let read = ColdRead { disk, file, offset, len };
+            check_cold_read(&read)?;
+            Request::ColdRead(read)
+        }
     };
     reader.finish()?;
     Ok(request)
@@ -1119,6 +1170,7 @@ pub fn encode_request(out: &mut Vec<u8>, head: RequestHead, request: &Request<'_
             Ok(())
         }),
         Request::Stats => encode_stats(out, head),
+        Request::ColdRead(read) => encode_cold_read(out, head, &read),
     }
 }
 
@@ -1291,6 +1343,23 @@ pub fn encode_stats(out: &mut Vec<u8>, head: RequestHead) -> Result<(), Protocol
     encode_request_with(out, head, Opcode::Stats, |_| Ok(()))
 }
 
+/// COLD_READ: `shard u16, disk u16, window u64, generation u32, part u16, reserved u16 (0),
+/// offset u64, len u32`.
+pub fn encode_cold_read(out: &mut Vec<u8>, head: RequestHead, read: &ColdRead) -> Result<(), ProtocolError> {
+    check_cold_read(read)?;
+    encode_request_with(out, head, Opcode::ColdRead, |out| {
+        put_u16(out, read.file.shard);
+        put_u16(out, read.disk);
+        put_u64(out, read.file.window);
+        put_u32(out, read.file.generation);
+        put_u16(out, read.file.part);
+        put_u16(out, 0);
+        put_u64(out, read.offset);
+        put_u32(out, read.len);
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Responses
 // ---------------------------------------------------------------------------------------------
@@ -1386,6 +1455,10 @@ pub enum Response<'a> {
     Stats {
         text: &'a str,
     },
+    /// COLD_READ, OK: the bytes asked for.
+    ColdBytes {
+        bytes: &'a [u8],
+    },
     Overloaded {
         retry_after_us: u32,
     },
@@ -1416,7 +1489,7 @@ fn parse_response(opcode: Opcode, status: Status, body: &[u8]) -> Result<Respons
     let mut reader = Reader::new(body);
     let response = match status {
         Status::Ok => parse_ok_response(opcode, &mut reader)?,
-        Status::NotFound if matches!(opcode, Opcode::Get | Opcode::GetIfNewer) => Response::NotFound,
+        Status::NotFound if matches!(opcode, Opcode::Get | Opcode::GetIfNewer | Opcode::ColdRead) => Response::NotFound,
         Status::NotModified if opcode == Opcode::GetIfNewer => {
             Response::NotModified { version: reader.u64("version")? }
         }
@@ -1455,6 +1528,13 @@ fn parse_ok_response<'a>(opcode: Opcode, reader: &mut Reader<'a>) -> Result<Resp
         Opcode::Stats => Response::Stats {
             text: std::str::from_utf8(reader.rest()).map_err(|_| ProtocolError::BadUtf8 { field: "stats" })?,
         },
+        Opcode::ColdRead => {
+            let len = reader.u32("len")?;
+            if len > COLD_READ_MAX {
+                return Err(ProtocolError::BodyTooLarge { len: u64::from(len), max: COLD_READ_MAX });
+            }
+            Response::ColdBytes { bytes: reader.take("cold bytes", len as usize)? }
+        }
     })
 }
 
@@ -1512,6 +1592,15 @@ pub fn encode_not_modified(out: &mut Vec<u8>, to: ReplyTo, version: Version) {
 /// STATS, OK: UTF-8 text filling the body.
 pub fn encode_stats_text(out: &mut Vec<u8>, to: ReplyTo, text: &str) {
     encode_response_with(out, to, Status::Ok, |out| out.extend_from_slice(text.as_bytes()));
+}
+
+/// COLD_READ, OK: `len u32`, then the bytes.
+pub fn encode_cold_bytes(out: &mut Vec<u8>, to: ReplyTo, bytes: &[u8]) {
+    debug_assert!(bytes.len() <= COLD_READ_MAX as usize);
+    encode_response_with(out, to, Status::Ok, |out| {
+        put_u32(out, bytes.len() as u32);
+        out.extend_from_slice(bytes);
+    });
 }
 
 /// OVERLOADED: `retry_after_us u32`, how long the client should wait before trying again.
@@ -1741,6 +1830,10 @@ mod tests {
             }),
             Box::new(|out| encode_stats(out, head(12))),
             Box::new(|out| encode_ping(out, head(13), b"")),
+            Box::new(|out| {
+                let file = crate::cold::ColdFileId { window: 19_700, shard: 1, generation: 2, part: 3 };
+                encode_cold_read(out, head(14), &ColdRead { disk: 2, file, offset: 8192, len: 1 << 20 })
+            }),
         ];
         encoders
             .iter()
@@ -1856,6 +1949,8 @@ mod tests {
             let writer = ScanWriter::begin(out, reply_to(16, Opcode::Scan));
             writer.finish(true);
         });
+        frame(&|out| encode_cold_bytes(out, reply_to(17, Opcode::ColdRead), &[7; 8192]));
+        frame(&|out| encode_not_found(out, reply_to(18, Opcode::ColdRead)));
         frames
     }
 
@@ -1876,6 +1971,8 @@ mod tests {
             .collect();
         assert_eq!(responses[0], Response::Pong { echo: b"are you there" });
         assert_eq!(responses[1], Response::Authenticated);
+        assert_eq!(responses[16], Response::ColdBytes { bytes: &[7; 8192] });
+        assert_eq!(responses[17], Response::NotFound);
         assert_eq!(responses[2], Response::Written { version: 77 });
         assert_eq!(responses[3], Response::Value { version: 78, value: b"hello" });
         assert_eq!(responses[4], Response::NotFound);
@@ -1990,7 +2087,7 @@ mod tests {
                 ProtocolError::ReservedNonZero { field: "deadline_us (in a response)" },
             ),
             (sealed(0, 0, 0, 0, 0), ProtocolError::UnknownOpcode { op: 0 }),
-            (sealed(12, 0, 0, 0, 0), ProtocolError::UnknownOpcode { op: 12 }),
+            (sealed(13, 0, 0, 0, 0), ProtocolError::UnknownOpcode { op: 13 }),
             (sealed(get, FLAG_RESPONSE, 12, 0, 0), ProtocolError::UnknownStatus { status: 12 }),
             (
                 sealed(get, 0, 0, 0, FRAME_BODY_MAX + 1),

@@ -420,6 +420,18 @@ impl Client {
         }
     }
 
+    /// `read.len` raw bytes of one of the node's cold files (an admin operation); `None` when
+    /// the node does not have the file.
+    pub fn cold_read(&mut self, read: &protocol::ColdRead) -> Result<Option<Vec<u8>>, ClientError> {
+        let response = self.call(None, |out, head| protocol::encode_cold_read(out, head, read))?;
+        check_status(&response)?;
+        match response.response()? {
+            Response::ColdBytes { bytes } if bytes.len() == read.len as usize => Ok(Some(bytes.to_vec())),
+            Response::NotFound => Ok(None),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// The node's statistics text (of the shard that answered).
     pub fn stats(&mut self) -> Result<String, ClientError> {
         let response = self.call(None, protocol::encode_stats)?;

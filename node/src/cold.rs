@@ -115,6 +115,24 @@ impl std::fmt::Display for ColdError {
 
 impl std::error::Error for ColdError {}
 
+/// Why [`ColdStore::read_raw`] read nothing.
+#[derive(Debug)]
+pub enum RawReadError {
+    /// The request names another shard's file or bytes past the file's end.
+    Refused(String),
+    /// The disk is down, unknown, or failed the read.
+    Cold(ColdError),
+}
+
+impl std::fmt::Display for RawReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(why) => f.write_str(why),
+            Self::Cold(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 struct DiskState {
     root: PathBuf,
     down: RefCell<Option<String>>,
@@ -306,6 +324,46 @@ impl<D: Disk> ColdStore<D> {
                 Err(corrupted(e.to_string()))
             }
         }
+    }
+
+    /// `len` raw bytes at `offset` of this shard's cold file `file` on `disk`, unchecked (a
+    /// peer's `strata-tool repair` or `rebuild-disk` copies them, and verifies what it gets);
+    /// `None` when the file does not exist.
+    pub async fn read_raw(
+        &self,
+        disk: u16,
+        file: ColdFileId,
+        offset: u64,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, RawReadError> {
+        if file.shard != self.options.shard {
+            return Err(RawReadError::Refused(format!(
+                "file {} is shard {}'s, this is shard {}",
+                file.relative_path(),
+                file.shard,
+                self.options.shard
+            )));
+        }
+        self.check_up(disk).map_err(RawReadError::Cold)?;
+        let handle = match self.open_file(disk, file).await {
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(RawReadError::Cold(self.failed(disk, &e))),
+        };
+        let size = handle.size().await.map_err(|e| RawReadError::Cold(self.failed(disk, &e)))?;
+        if offset.saturating_add(u64::from(len)) > size {
+            return Err(RawReadError::Refused(format!(
+                "{len} bytes at offset {offset} pass the end of {} ({size} bytes)",
+                file.relative_path()
+            )));
+        }
+        let bytes =
+            handle.read_at(offset, len as usize).await.map_err(|e| RawReadError::Cold(self.failed(disk, &e)))?;
+        self.count(disk, |s| {
+            s.reads += 1;
+            s.read_bytes += u64::from(len);
+        });
+        Ok(Some(bytes.as_ref().to_vec()))
     }
 
     fn failed(&self, disk: u16, e: &DiskError) -> ColdError {

@@ -4,7 +4,8 @@
 //! must be byte-identical. Then one block on A's disk 2 is corrupted and all of disk 3 deleted:
 //! `strata-tool scrub` finds exactly that damage; A serves everything else and answers CORRUPTED
 //! for exactly the damaged keys; `repair` and `rebuild-disk` from B restore byte-identical disks
-//! and every read; and a disk of another node, or a swapped disk, is refused at start.
+//! and every read, first from B's directories, then (after new damage) from B running, over the
+//! network; and a disk of another node, or a swapped disk, is refused at start.
 
 mod common;
 
@@ -376,6 +377,44 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     assert!(disk_files(&disks.roots) == files_b, "A's disks are byte-identical to B's again");
     let mut a = Node::start(&dir_a, &["--config", cfg_a.to_str().unwrap()]);
     assert!(read_all(&a, &data).is_empty(), "every key reads back after repair");
+    assert_eq!(a.terminate(), Some(0));
+
+    // Again from a running B, over the network (COLD_READ): corrupt a block on disk 1, lose
+    // disk 0 whole.
+    let ((_, victim), _) = files_a.iter().find(|((d, _), _)| *d == 1).expect("disk 1 holds a file");
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(disks.roots[1].join(victim)).unwrap();
+        f.write_all_at(&[0x5A; 64], 4096 + 100).unwrap();
+        f.sync_all().unwrap();
+    }
+    for entry in std::fs::read_dir(&disks.roots[0]).unwrap().filter_map(Result::ok) {
+        if entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        } else {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let mut b = Node::start(&dir_b, &["--config", cfg_b.to_str().unwrap()]);
+    let peer = b.addr.to_string();
+    let mut over_net = vec!["repair", "--json", "--data-dir", dir_a.to_str().unwrap(), "--from-node", &peer];
+    over_net.extend(hdd_a.iter().map(String::as_str));
+    let mut repair1 = over_net.clone();
+    repair1.extend(["--disk", "1"]);
+    let (code, out) = strata_tool(&repair1);
+    assert_eq!(code, 0, "repair of disk 1 from the running B succeeds: {out}");
+    assert!(out.contains(&format!("node {peer}")), "the repair names the node it copied from: {out}");
+    let mut rebuild0 = over_net.clone();
+    rebuild0[0] = "rebuild-disk";
+    rebuild0.extend(["--disk", "0"]);
+    let (code, out) = strata_tool(&rebuild0);
+    assert_eq!(code, 0, "rebuild of disk 0 from the running B succeeds: {out}");
+    assert_eq!(b.terminate(), Some(0));
+    let (code, out) = strata_tool(&args);
+    assert_eq!(code, 0, "a scrub after the network repair finds nothing: {out}");
+    assert!(disk_files(&disks.roots) == files_b, "A's disks are byte-identical to B's again");
+    let mut a = Node::start(&dir_a, &["--config", cfg_a.to_str().unwrap()]);
+    assert!(read_all(&a, &data).is_empty(), "every key reads back after the network repair");
     assert_eq!(a.terminate(), Some(0));
 
     // A disk from another node, and a swapped pair, are refused at start.

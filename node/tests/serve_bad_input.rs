@@ -572,6 +572,19 @@ fn tickets_gate_every_pkey_and_bad_expired_or_out_of_scope_ones_are_refused() {
     for (pkey, ts, version) in &versions {
         assert_eq!(root.get(pkey.as_bytes(), *ts).unwrap(), Some((*version, b"alice's".to_vec())));
     }
+    // COLD_READ (raw cold-file bytes, for a peer's repair) is an admin operation.
+    let file = strata_format::cold::ColdFileId { window: 1, shard: 0, generation: 1, part: 0 };
+    let read = protocol::ColdRead { disk: 0, file, offset: 0, len: 4096 };
+    assert_unauthorized(client_with(&node, Some(&alice), false).cold_read(&read), "admin ticket");
+    assert_unauthorized(anonymous.cold_read(&read), "requires a ticket");
+    assert_eq!(root.cold_read(&read).unwrap(), None, "a cold file the node lacks is NOT_FOUND");
+    let elsewhere = protocol::ColdRead { file: strata_format::cold::ColdFileId { shard: 9, ..file }, ..read };
+    match root.cold_read(&elsewhere) {
+        Err(ClientError::Failed { status: Status::BadRequest, message }) => {
+            assert!(message.contains("shard this node does not have"), "{message}");
+        }
+        other => panic!("a COLD_READ of a shard the node lacks is BAD_REQUEST, not {other:?}"),
+    }
     // Alice still cannot read what bob's pkey holds.
     assert_unauthorized(client_with(&node, Some(&alice), false).get(b"bob/x", ts), "bob/x");
 

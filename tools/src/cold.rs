@@ -312,14 +312,92 @@ pub fn check_peer(ours: &Layout, peer: &Layout) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads `len` bytes at `offset` of a peer's file (buffered: the peer is only read).
-fn read_peer(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::FileExt as _;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open the peer's {}: {e}", path.display()))?;
-    let mut out = vec![0u8; len as usize];
-    file.read_exact_at(&mut out, offset)
-        .map_err(|e| format!("cannot read the peer's {} at {offset}: {e}", path.display()))?;
-    Ok(out)
+/// Where `repair` and `rebuild-disk` copy from: a peer's directories (a stopped node, or one
+/// whose disks are mounted here), or a running peer node, over the native protocol (COLD_READ,
+/// an admin operation). Either way the bytes are verified before they are written.
+pub enum Peer {
+    Dirs(Layout),
+    Node { addr: std::net::SocketAddr, client: std::cell::RefCell<strata_node::client::Client> },
+}
+
+impl Peer {
+    /// Connects to a running peer node (with an admin ticket when it requires one).
+    pub fn node(addr: std::net::SocketAddr, ticket: Option<Vec<u8>>) -> Result<Self, String> {
+        let mut options = strata_node::client::ClientOptions::new(addr);
+        options.ticket = ticket;
+        options.deadline = std::time::Duration::from_secs(30);
+        let mut client = strata_node::client::Client::new(options);
+        client.ping().map_err(|e| format!("cannot reach the peer node at {addr}: {e}"))?;
+        Ok(Self::Node { addr, client: std::cell::RefCell::new(client) })
+    }
+
+    /// The peer's copy of file `id` on `disk`, for messages.
+    #[must_use]
+    pub fn describe(&self, disk: u16, id: ColdFileId) -> String {
+        match self {
+            Self::Dirs(layout) => layout.hdd[usize::from(disk)].join(id.relative_path()).display().to_string(),
+            Self::Node { addr, .. } => format!("node {addr} disk {disk} {}", id.relative_path()),
+        }
+    }
+
+    /// `len` bytes at `offset` of the peer's file `id` on `disk`; `None` when the peer lacks
+    /// the file.
+    fn read(&self, disk: u16, id: ColdFileId, offset: u64, len: u64) -> Result<Option<Vec<u8>>, String> {
+        let what = self.describe(disk, id);
+        match self {
+            Self::Dirs(layout) => {
+                use std::os::unix::fs::FileExt as _;
+                let path =
+                    layout.hdd.get(usize::from(disk)).ok_or("the peer has fewer disks")?.join(id.relative_path());
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(format!("cannot open the peer's {what}: {e}")),
+                };
+                let mut out = vec![0u8; len as usize];
+                file.read_exact_at(&mut out, offset)
+                    .map_err(|e| format!("cannot read the peer's {what} at {offset}: {e}"))?;
+                Ok(Some(out))
+            }
+            Self::Node { client, .. } => {
+                let mut out = Vec::with_capacity(len as usize);
+                let mut at = offset;
+                while at < offset + len {
+                    let n = (offset + len - at).min(u64::from(strata_format::protocol::COLD_READ_MAX));
+                    let read = strata_format::protocol::ColdRead { disk, file: id, offset: at, len: n as u32 };
+                    match client.borrow_mut().cold_read(&read) {
+                        Ok(Some(bytes)) => out.extend_from_slice(&bytes),
+                        Ok(None) => return Ok(None),
+                        Err(e) => return Err(format!("cannot read the peer's {what} at {at}: {e}")),
+                    }
+                    at += n;
+                }
+                Ok(Some(out))
+            }
+        }
+    }
+
+    /// Like [`Self::read`], but a missing file is an error.
+    fn read_some(&self, disk: u16, id: ColdFileId, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        self.read(disk, id, offset, len)?.ok_or_else(|| format!("the peer lacks {}", self.describe(disk, id)))
+    }
+
+    /// The header of the peer's file `id` on `disk`, checked to name that file; `None` when the
+    /// peer lacks the file.
+    fn header(&self, disk: u16, id: ColdFileId) -> Result<Option<ColdFileHeader>, String> {
+        let Some(head) = self.read(disk, id, 0, COLD_DATA_START)? else { return Ok(None) };
+        let what = self.describe(disk, id);
+        let header = ColdFileHeader::decode(&head)
+            .map_err(|e| format!("the peer's {what} has a damaged header ({e}): repair the peer first"))?;
+        if header.file != id || header.disk != disk {
+            return Err(format!(
+                "the peer's {what} names {} on disk {}: not a copy of this file",
+                header.file.relative_path(),
+                header.disk
+            ));
+        }
+        Ok(Some(header))
+    }
 }
 
 /// Checks that `bytes`, found at `offset` of file `id`, are whole good blocks (or the file's
@@ -356,9 +434,8 @@ pub struct Repaired {
 }
 
 /// Repairs every damaged range from the peer's copy of the same file.
-pub fn repair(ours: &Layout, peer: &Layout, damage: Vec<Damage>) -> Result<Vec<Repaired>, String> {
+pub fn repair(ours: &Layout, peer: Peer, damage: Vec<Damage>) -> Result<Vec<Repaired>, String> {
     let ours = ours.clone();
-    let peer = peer.clone();
     uring::block_on(async move {
         let mut out = Vec::new();
         for d in damage {
@@ -374,12 +451,6 @@ pub fn repair(ours: &Layout, peer: &Layout, damage: Vec<Damage>) -> Result<Vec<R
     .map_err(|e| format!("cannot start io_uring: {e}"))
 }
 
-fn peer_path(ours: &Layout, peer: &Layout, d: &Damage) -> Result<PathBuf, String> {
-    let root = &ours.hdd[usize::from(d.disk)];
-    let rel = d.file.strip_prefix(root).map_err(|_| format!("{} is not under disk {}", d.file.display(), d.disk))?;
-    Ok(peer.hdd[usize::from(d.disk)].join(rel))
-}
-
 fn file_id_of(d: &Damage) -> Result<ColdFileId, String> {
     let shard_dir = d.file.parent().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or_default();
     let shard: u16 = shard_dir.strip_prefix('s').and_then(|s| s.parse().ok()).ok_or("not in a shard directory")?;
@@ -387,17 +458,19 @@ fn file_id_of(d: &Damage) -> Result<ColdFileId, String> {
     ColdFileId::parse(shard, name).ok_or_else(|| format!("{} is not a cold file name", d.file.display()))
 }
 
-async fn repair_one(ours: &Layout, peer: &Layout, d: &Damage) -> Result<String, String> {
+async fn repair_one(ours: &Layout, peer: &Peer, d: &Damage) -> Result<String, String> {
     let id = file_id_of(d)?;
-    let from = peer_path(ours, peer, d)?;
+    if !d.file.starts_with(&ours.hdd[usize::from(d.disk)]) {
+        return Err(format!("{} is not under disk {}", d.file.display(), d.disk));
+    }
+    let from = peer.describe(d.disk, id);
     if d.missing {
-        let bytes = copy_file(&from, &d.file, id, None).await?;
-        return Ok(format!("copied the whole file ({bytes} bytes) from {}", from.display()));
+        let bytes = copy_file(peer, d.disk, &d.file, id, None).await?;
+        return Ok(format!("copied the whole file ({bytes} bytes) from {from}"));
     }
     // The peer's file must be the same file, not just a valid one: replicas that sank
     // different contents have different (equally valid) blocks at the same offsets.
-    let theirs = ColdFileHeader::decode(&read_peer(&from, 0, COLD_DATA_START)?)
-        .map_err(|e| format!("the peer's file header is damaged ({e}): repair the peer first"))?;
+    let theirs = peer.header(d.disk, id)?.ok_or_else(|| format!("the peer lacks {from}"))?;
     let ours_head = UringDisk.open(&d.file).await.map_err(|e| e.to_string())?;
     let head = ours_head.read_at(0, COLD_DATA_START as usize).await.map_err(|e| e.to_string())?;
     if let Ok(mine) = ColdFileHeader::decode(head.as_ref())
@@ -411,7 +484,7 @@ async fn repair_one(ours: &Layout, peer: &Layout, d: &Damage) -> Result<String, 
     if theirs.file != id || d.offset + d.len > theirs.used_bytes.max(COLD_DATA_START) {
         return Err("the damaged range lies outside the peer's copy of the file".into());
     }
-    let good = read_peer(&from, d.offset, d.len)?;
+    let good = peer.read_some(d.disk, id, d.offset, d.len)?;
     let blocks = verify_range(&good, d.offset, id).map_err(|e| format!("the peer's copy is bad too: {e}"))?;
     let file = UringDisk.open(&d.file).await.map_err(|e| e.to_string())?;
     file.write_at(&good, d.offset).await.map_err(|e| e.to_string())?;
@@ -420,24 +493,21 @@ async fn repair_one(ours: &Layout, peer: &Layout, d: &Damage) -> Result<String, 
     if back.as_ref() != good.as_slice() {
         return Err("the range reads back different from what was written: the disk may be failing".into());
     }
-    Ok(format!("rewrote {} bytes ({blocks} blocks) from {}, verified", d.len, from.display()))
+    Ok(format!("rewrote {} bytes ({blocks} blocks) from {from}, verified", d.len))
 }
 
-/// Copies a cold file from a peer into `to` (through `to.partial`, resuming one left by an
-/// interrupted copy), preallocated to the peer's size, and verifies every block before the
-/// rename makes it live. Returns the bytes copied.
+/// Copies cold file `id` of `disk` from a peer into `to` (through `to.partial`, resuming one
+/// left by an interrupted copy), preallocated to the peer's size, and verifies every block
+/// before the rename makes it live. Returns the bytes copied.
 pub async fn copy_file(
-    from: &Path,
+    peer: &Peer,
+    disk: u16,
     to: &Path,
     id: ColdFileId,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<u64, String> {
-    let head = read_peer(from, 0, COLD_DATA_START)?;
-    let header = ColdFileHeader::decode(&head)
-        .map_err(|e| format!("the peer's {} has a damaged header ({e}): repair the peer first", from.display()))?;
-    if header.file != id {
-        return Err(format!("the peer's {} names {}", from.display(), header.file.relative_path()));
-    }
+    let from = peer.describe(disk, id);
+    let header = peer.header(disk, id)?.ok_or_else(|| format!("the peer lacks {from}"))?;
     let dir = to.parent().ok_or("a cold file has a directory")?;
     UringDisk.create_dir_all(dir).await.map_err(|e| e.to_string())?;
     let partial = to.with_extension("cold.partial");
@@ -462,7 +532,7 @@ pub async fn copy_file(
     let resumed_at = at;
     while at < header.used_bytes {
         let len = CHUNK.min(header.used_bytes - at);
-        let bytes = read_peer(from, at, len)?;
+        let bytes = peer.read_some(disk, id, at, len)?;
         file.write_at(&bytes, at).await.map_err(|e| e.to_string())?;
         file.fdatasync().await.map_err(|e| e.to_string())?;
         at += len;
@@ -474,7 +544,7 @@ pub async fn copy_file(
     file.fdatasync().await.map_err(|e| e.to_string())?;
     let scan = scan_file(0, &partial, id).await.map_err(|e| e.to_string())?;
     if let Some(bad) = scan.damage.first() {
-        return Err(format!("the copy of {} does not verify at offset {}: {}", from.display(), bad.offset, bad.reason));
+        return Err(format!("the copy of {from} does not verify at offset {}: {}", bad.offset, bad.reason));
     }
     UringDisk.rename(&partial, to).await.map_err(|e| e.to_string())?;
     Ok(header.used_bytes - resumed_at)
@@ -491,22 +561,20 @@ pub struct Rebuilt {
 /// Refills disk `disk` of `ours` from the same-numbered disk of `peer`: every cold file the
 /// peer holds there, each verified; files already present and verified are kept (so an
 /// interrupted rebuild resumes). Then labels the disk for this node.
-pub fn rebuild_disk(ours: &Layout, peer: &Layout, disk: u16, node_id: u64) -> Result<Rebuilt, String> {
-    let from_root = peer.hdd[usize::from(disk)].clone();
+pub fn rebuild_disk(ours: &Layout, peer: Peer, disk: u16, node_id: u64) -> Result<Rebuilt, String> {
     let to_root = ours.hdd[usize::from(disk)].clone();
     // The files this node's manifests name on the disk: copied from the peer's same files.
-    let files: Vec<(PathBuf, PathBuf, ColdFileId)> = ours
-        .expected_files(Some(disk))?
-        .into_iter()
-        .map(|f| (from_root.join(f.id.relative_path()), f.path, f.id))
-        .collect();
-    if let Some((from, _, _)) = files.iter().find(|(from, _, _)| !from.exists()) {
-        return Err(format!(
-            "the peer lacks {}, which this node's manifest names: the peer does not hold the same data",
-            from.display()
-        ));
+    let mut files = Vec::new();
+    for f in ours.expected_files(Some(disk))? {
+        let Some(header) = peer.header(disk, f.id)? else {
+            return Err(format!(
+                "the peer lacks {}, which this node's manifest names: the peer does not hold the same data",
+                peer.describe(disk, f.id)
+            ));
+        };
+        files.push((f.path, f.id, header.file_bytes));
     }
-    let total: u64 = files.iter().filter_map(|(from, _, _)| std::fs::metadata(from).ok()).map(|m| m.len()).sum();
+    let total: u64 = files.iter().map(|(_, _, size)| size).sum();
     let progress = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -514,17 +582,16 @@ pub fn rebuild_disk(ours: &Layout, peer: &Layout, disk: u16, node_id: u64) -> Re
     std::fs::create_dir_all(&to_root).map_err(|e| format!("cannot create {}: {e}", to_root.display()))?;
     let result = uring::block_on(async move {
         let mut done = Rebuilt::default();
-        for (from, to, id) in files {
+        for (to, id, size) in files {
             progress.set_message(id.relative_path());
-            let present = std::fs::metadata(&to).is_ok()
-                && scan_file(disk, &to, id).await.is_ok_and(|s| s.damage.is_empty())
-                && std::fs::metadata(&to).map(|m| m.len()).ok() == std::fs::metadata(&from).map(|m| m.len()).ok();
+            let present = std::fs::metadata(&to).is_ok_and(|m| m.len() == size)
+                && scan_file(disk, &to, id).await.is_ok_and(|s| s.damage.is_empty());
             if present {
                 done.files_present += 1;
-                progress.inc(std::fs::metadata(&from).map_or(0, |m| m.len()));
+                progress.inc(size);
                 continue;
             }
-            done.bytes_copied += copy_file(&from, &to, id, Some(&progress)).await?;
+            done.bytes_copied += copy_file(&peer, disk, &to, id, Some(&progress)).await?;
             done.files_copied += 1;
         }
         progress.finish_and_clear();

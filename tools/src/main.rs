@@ -105,15 +105,53 @@ struct NodeArgs {
     hdd: Vec<PathBuf>,
 }
 
-/// The peer to copy from: a stopped or running node of the same group, by its directories.
+/// The peer to copy from, a node of the same group: by its directories, or a running node
+/// over the network.
 #[derive(Debug, Clone, Bpaf)]
-struct PeerArgs {
-    /// The peer's data directory.
-    #[bpaf(long("from"), argument("DIR"))]
-    from: PathBuf,
-    /// The peer's cold disks, in order (repeat); default: the folders in its data directory.
-    #[bpaf(long("from-hdd"), argument("PATH"))]
-    from_hdd: Vec<PathBuf>,
+enum PeerArgs {
+    Dirs {
+        /// The peer's data directory.
+        #[bpaf(long("from"), argument("DIR"))]
+        from: PathBuf,
+        /// The peer's cold disks, in order (repeat); default: the folders in its data directory.
+        #[bpaf(long("from-hdd"), argument("PATH"))]
+        from_hdd: Vec<PathBuf>,
+    },
+    Node {
+        /// A running peer node's address (its node port), read with COLD_READ.
+        #[bpaf(long("from-node"), argument("HOST:PORT"))]
+        from_node: String,
+        /// An admin ticket for the peer, in hex (`strata-tool ticket issue --admin`), when it
+        /// requires tickets.
+        #[bpaf(long("ticket"), argument("HEX"))]
+        ticket: Option<String>,
+    },
+}
+
+/// Opens the peer, refusing one whose layout differs from ours (directories only: a running
+/// peer's files are checked one by one, by their headers).
+fn open_peer(ours: &cold::Layout, peer: &PeerArgs) -> Result<cold::Peer, String> {
+    match peer {
+        PeerArgs::Dirs { from, from_hdd } => {
+            let theirs = cold::Layout::read(from, from_hdd)?;
+            cold::check_peer(ours, &theirs)?;
+            Ok(cold::Peer::Dirs(theirs))
+        }
+        PeerArgs::Node { from_node, ticket } => {
+            use std::net::ToSocketAddrs as _;
+            let addr = from_node
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve --from-node {from_node}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--from-node {from_node} resolves to no address"))?;
+            let ticket = ticket
+                .as_deref()
+                .map(strata_format::ticket::decode_hex)
+                .transpose()
+                .map_err(|e| format!("--ticket: {e}"))?;
+            cold::Peer::node(addr, ticket)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Bpaf)]
@@ -373,12 +411,11 @@ fn scan_all(
 fn repair(node: &NodeArgs, peer: &PeerArgs, disk: Option<u16>, json: bool) -> Result<bool, String> {
     let ours = layout(node)?;
     check_disk(&ours, disk)?;
-    let theirs = cold::Layout::read(&peer.from, &peer.from_hdd)?;
-    cold::check_peer(&ours, &theirs)?;
+    let theirs = open_peer(&ours, peer)?;
     let _lock = cold::lock(&ours.data_dir)?;
     let (_, scans) = scan_all(&ours, disk, json)?;
     let damage: Vec<cold::Damage> = scans.into_iter().flat_map(|s| s.damage).collect();
-    let repaired = cold::repair(&ours, &theirs, damage)?;
+    let repaired = cold::repair(&ours, theirs, damage)?;
     let ok = repaired.iter().all(|r| r.ok);
     // Scrub again: the disk is clean only if a fresh scrub says so.
     let (_, after) = scan_all(&ours, disk, true)?;
@@ -404,8 +441,7 @@ fn repair(node: &NodeArgs, peer: &PeerArgs, disk: Option<u16>, json: bool) -> Re
 fn rebuild_disk(node: &NodeArgs, peer: &PeerArgs, disk: u16, json: bool) -> Result<bool, String> {
     let ours = layout(node)?;
     check_disk(&ours, Some(disk))?;
-    let theirs = cold::Layout::read(&peer.from, &peer.from_hdd)?;
-    cold::check_peer(&ours, &theirs)?;
+    let theirs = open_peer(&ours, peer)?;
     let _lock = cold::lock(&ours.data_dir)?;
     let root = &ours.hdd[usize::from(disk)];
     if let Ok(Some(label)) = strata_node::cold::read_label(root) {
@@ -420,7 +456,7 @@ fn rebuild_disk(node: &NodeArgs, peer: &PeerArgs, disk: u16, json: bool) -> Resu
         }
     }
     let node_id = strata_node::disks::node_id(&ours.data_dir, false)?;
-    let done = cold::rebuild_disk(&ours, &theirs, disk, node_id)?;
+    let done = cold::rebuild_disk(&ours, theirs, disk, node_id)?;
     let (_, scans) = scan_all(&ours, Some(disk), true)?;
     let left: Vec<cold::Damage> = scans.into_iter().flat_map(|s| s.damage).collect();
     if json {

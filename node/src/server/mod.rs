@@ -389,6 +389,12 @@ impl Server {
                 return self.fail(reply, to, Status::Unauthorized, &message);
             }
         }
+        if matches!(request, Request::ColdRead(_))
+            && self.options.ticket_secret.is_some()
+            && !ticket.as_ref().is_some_and(|t| t.admin)
+        {
+            return self.fail(reply, to, Status::Unauthorized, "COLD_READ needs an admin ticket");
+        }
         let (target, denied) = self.route_and_check(ticket.as_deref(), &request);
         if let Some(pkey) = denied {
             let message = format!("the connection's ticket does not allow pkey {}", String::from_utf8_lossy(pkey));
@@ -451,6 +457,13 @@ impl Server {
                         break;
                     }
                 }
+            }
+            Request::ColdRead(read) => {
+                // No pkey: the request names its shard (the admin check is the caller's).
+                if read.file.shard >= shard_count {
+                    return (Err("COLD_READ names a shard this node does not have"), None);
+                }
+                target = Some(usize::from(read.file.shard));
             }
             other => {
                 if let Some(pkey) = other.pkey() {
@@ -663,6 +676,23 @@ impl Server {
                     }
                     writer.finish();
                 });
+            }
+            Request::ColdRead(read) => {
+                let outcome = match self.shard.cold() {
+                    None => Err((Status::BadRequest, "this node has no cold tier".to_string())),
+                    Some(store) => match store.read_raw(read.disk, read.file, read.offset, read.len).await {
+                        Ok(found) => Ok(found),
+                        Err(e @ crate::cold::RawReadError::Refused(_)) => Err((Status::BadRequest, e.to_string())),
+                        Err(e @ crate::cold::RawReadError::Cold(_)) => Err((Status::Corrupted, e.to_string())),
+                    },
+                };
+                match outcome {
+                    Ok(Some(bytes)) => {
+                        self.respond(reply, Status::Ok, |out| protocol::encode_cold_bytes(out, to, &bytes))
+                    }
+                    Ok(None) => self.respond(reply, Status::NotFound, |out| protocol::encode_not_found(out, to)),
+                    Err((status, message)) => self.fail(reply, to, status, &message),
+                }
             }
             Request::Ping { .. } | Request::Auth { .. } | Request::Stats => {
                 unreachable!("answered before admission")
