@@ -2204,6 +2204,39 @@ mod tests {
     }
 
     #[test]
+    fn cold_read_refuses_unaligned_empty_and_oversized_ranges() {
+        let file = crate::cold::ColdFileId { window: 5, shard: 0, generation: 1, part: 0 };
+        let good = ColdRead { disk: 1, file, offset: 4096, len: 8192 };
+        let bad = [
+            (ColdRead { offset: 100, ..good }, Status::BadRequest),
+            (ColdRead { len: 4097, ..good }, Status::BadRequest),
+            (ColdRead { len: 0, ..good }, Status::BadRequest),
+            (ColdRead { len: COLD_READ_MAX + 4096, ..good }, Status::TooLarge),
+        ];
+        for (read, status) in bad {
+            let mut out = vec![1, 2, 3];
+            let error = encode_cold_read(&mut out, head(1), &read).expect_err("refused");
+            assert_eq!((error.status(), out.as_slice()), (status, [1u8, 2, 3].as_slice()), "{read:?}");
+            // The same fields sent by a client that does not check are refused by the decoder.
+            let mut body = Vec::new();
+            put_u16(&mut body, 0);
+            put_u16(&mut body, read.disk);
+            put_u64(&mut body, 5);
+            put_u32(&mut body, 1);
+            put_u16(&mut body, 0);
+            put_u16(&mut body, 0);
+            put_u64(&mut body, read.offset);
+            put_u32(&mut body, read.len);
+            let error = parse_request(Opcode::ColdRead, &body).expect_err("refused");
+            assert_eq!(error.status(), status, "{read:?}: {error}");
+        }
+        let mut out = Vec::new();
+        encode_cold_read(&mut out, head(1), &good).unwrap();
+        let frame = only_frame(&out);
+        assert_eq!(decode_request(&frame.header, frame.body), Ok(Request::ColdRead(good)));
+    }
+
+    #[test]
     fn request_encoders_refuse_bad_arguments_and_leave_out_alone() {
         let mut out = b"earlier frames".to_vec();
         let too_long = [1; PKEY_LEN_MAX + 1];
