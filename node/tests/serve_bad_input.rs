@@ -681,3 +681,38 @@ fn a_client_that_never_reads_holds_bounded_memory_and_is_closed_when_it_stalls()
     );
     assert_serving(&node, None, "a client that never reads");
 }
+
+#[test]
+fn a_request_that_outlived_its_deadline_in_the_socket_is_refused_unstarted() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]);
+    assert_serving(&node, None, "start");
+    let mut conn = Connection::connect(node.addr, Duration::from_secs(5)).unwrap();
+    let ts = now_us();
+    // Freeze the node: the requests wait in its socket, where the kernel dates them.
+    let pid = node.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let get = |out: &mut Vec<u8>, head| protocol::encode_get(out, head, b"alice", ts);
+    let short = conn.queue(50_000, Priority::High, get).unwrap();
+    let long = conn.queue(5_000_000, Priority::High, get).unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let response = conn.receive(Duration::from_secs(5)).unwrap();
+        answers.insert(response.header.request_id, response.header.status);
+    }
+    assert_eq!(answers[&short], Status::Overloaded, "a 50 ms deadline passed in the socket: refused unstarted");
+    assert_eq!(answers[&long], Status::NotFound, "a 5 s deadline had not passed: served");
+    let refused = node
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("strata_rejections_total{") && l.contains("reason=\"deadline_passed\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    assert!(refused >= 1, "counted as deadline_passed");
+    assert!(node.metric_sum("strata_socket_wait_seconds_count") >= 2, "socket waits are measured");
+    assert_serving(&node, None, "a frozen node");
+}

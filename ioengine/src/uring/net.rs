@@ -95,6 +95,48 @@ struct Conn {
     /// The last time a send made progress (or output was first queued after an idle spell).
     send_progress_at: Instant,
     dirty: bool,
+    /// The receive's message header, vector and control buffer (boxed: the kernel holds
+    /// pointers into it while a receive is in flight, and `conns` may move).
+    rx: Box<RxMsg>,
+}
+
+/// What a receive hands the kernel: one buffer, and room for the receive timestamp.
+#[repr(C)]
+struct RxMsg {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    control: [u64; 8],
+}
+
+impl RxMsg {
+    fn new() -> Box<Self> {
+        // SAFETY: msghdr and iovec are plain C structs for which all zeroes is valid (null
+        // pointers, zero lengths).
+        Box::new(Self { hdr: unsafe { std::mem::zeroed() }, iov: unsafe { std::mem::zeroed() }, control: [0; 8] })
+    }
+
+    /// The kernel's receive time of the last bytes this receive returned (SO_TIMESTAMPNS), as
+    /// an `Instant`; `None` when the kernel gave none.
+    fn received_at(&self) -> Option<Instant> {
+        let hdr = &raw const self.hdr;
+        // SAFETY: `hdr` points at a msghdr whose control buffer (`control`, its length as the
+        // kernel left it, at most the buffer's size) holds whole cmsgs; CMSG_* stay within it.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                    let at = std::time::UNIX_EPOCH
+                        + Duration::new(u64::try_from(ts.tv_sec).ok()?, u32::try_from(ts.tv_nsec).ok()?);
+                    let age = std::time::SystemTime::now().duration_since(at).unwrap_or(Duration::ZERO);
+                    let now = Instant::now();
+                    return Some(now.checked_sub(age).unwrap_or(now));
+                }
+                cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+            }
+        }
+        None
+    }
 }
 
 struct Listener {
@@ -127,6 +169,8 @@ pub struct Net {
     state: RefCell<State>,
     handler: RefCell<Option<Rc<dyn NetHandler>>>,
     limits: NetLimits,
+    /// While a handler runs for received bytes: when the kernel received the last of them.
+    received_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Net {
@@ -213,9 +257,24 @@ impl Net {
             limits.input_initial > 0 && limits.input_initial <= limits.input_max,
             "input buffer limits are ordered"
         );
-        let net = Rc::new(Self { state: RefCell::default(), handler: RefCell::default(), limits });
+        let net = Rc::new(Self {
+            state: RefCell::default(),
+            handler: RefCell::default(),
+            limits,
+            received_at: std::cell::Cell::new(None),
+        });
         super::set_completion_handler(net.clone());
         net
+    }
+
+    /// While [`NetHandler::received`] runs: the kernel's receive time of the last bytes this
+    /// receive returned, so every request in them has waited in the socket at least since then
+    /// (a lower bound on their wait: spreading a backlog's bytes over the time since the
+    /// previous receive was tried, and refused requests that would have made their deadline).
+    /// `None` outside a handler, or when the kernel gave no timestamp.
+    #[must_use]
+    pub fn received_at(&self) -> Option<Instant> {
+        self.received_at.get()
     }
 
     /// Sets who receives the network's events.
@@ -308,6 +367,9 @@ impl Net {
     fn adopt(&self, fd: OwnedFd, listener: usize) {
         // Small requests must not wait for Nagle's algorithm.
         let _ = set_int_option(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+        // The kernel's receive time comes with each receive: how long requests sat in the
+        // socket before the server read them (see `received_at`).
+        let _ = set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
         let id = {
             let mut state = self.state.borrow_mut();
             if state.open >= self.limits.connections_max {
@@ -332,6 +394,7 @@ impl Net {
                         live: false,
                         send_progress_at: Instant::now(),
                         dirty: false,
+                        rx: RxMsg::new(),
                     });
                     (state.conns.len() - 1) as u32
                 }
@@ -372,13 +435,25 @@ impl Net {
         debug_assert!(room > 0, "a receive has room");
         // SAFETY: `filled <= capacity`, so the pointer stays inside (or one past) the buffer.
         let ptr = unsafe { conn.input.as_mut_ptr().add(filled) };
+        let fd = fd.as_raw_fd();
+        let rx = &mut *conn.rx;
+        rx.iov = libc::iovec { iov_base: ptr.cast(), iov_len: room };
+        rx.control = [0; 8];
+        rx.hdr.msg_name = std::ptr::null_mut();
+        rx.hdr.msg_namelen = 0;
+        rx.hdr.msg_iov = &raw mut rx.iov;
+        rx.hdr.msg_iovlen = 1;
+        rx.hdr.msg_control = rx.control.as_mut_ptr().cast();
+        rx.hdr.msg_controllen = size_of_val(&rx.control);
+        rx.hdr.msg_flags = 0;
         // Poll first: the socket was just drained, so trying the receive at once would mostly
         // fail and cost a second attempt when the data arrives.
-        let entry = opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, room as u32).ioprio(RECV_POLL_FIRST).build();
+        let entry = opcode::RecvMsg::new(types::Fd(fd), &raw mut rx.hdr).ioprio(RECV_POLL_FIRST).build();
         conn.recv_in_flight = true;
         drop(state);
-        // SAFETY: the entry points into the connection's input buffer, which is not touched
-        // until this receive completes (recv_in_flight).
+        // SAFETY: the entry points at the connection's boxed message header and, through it, into
+        // its input buffer; neither is touched, moved or freed until this receive completes
+        // (recv_in_flight).
         unsafe { submit_raw(entry, token(KIND_RECV, id)) };
     }
 
@@ -402,9 +477,11 @@ impl Net {
             assert!(filled <= conn.input.capacity(), "the kernel received within the buffer");
             // SAFETY: the kernel initialised `result` bytes after the old length.
             unsafe { conn.input.set_len(filled) };
+            self.received_at.set(conn.rx.received_at());
             std::mem::take(&mut conn.input)
         };
         let consumed = self.handler().received(id, &input);
+        self.received_at.set(None);
         assert!(consumed <= input.len(), "a handler consumes only what it was given");
         input.drain(..consumed);
         let mut state = self.state.borrow_mut();

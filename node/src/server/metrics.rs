@@ -56,7 +56,7 @@ impl Histogram {
 /// Everything one shard reports.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
-    pub requests: [AtomicU64; 12],
+    pub requests: [AtomicU64; 13],
     pub responses: [AtomicU64; 12],
     pub rejections: [AtomicU64; 5],
     pub forwarded: AtomicU64,
@@ -69,6 +69,9 @@ pub struct ShardMetrics {
     pub latency_read: Histogram,
     pub latency_write: Histogram,
     pub queue_delay: Histogram,
+    /// Time requests sat in the socket before the server read them (from the kernel's
+    /// receive timestamp).
+    pub socket_wait: Histogram,
     /// Copied from the shard every second.
     pub wal_fsyncs: AtomicU64,
     pub wal_batches: AtomicU64,
@@ -92,7 +95,7 @@ pub struct ShardMetrics {
 
 impl ShardMetrics {
     pub fn request(&self, opcode: Opcode) {
-        self.requests[opcode as usize % 12].fetch_add(1, Relaxed);
+        self.requests[opcode as usize].fetch_add(1, Relaxed);
     }
 
     pub fn response(&self, status: Status) {
@@ -107,7 +110,7 @@ impl ShardMetrics {
     pub fn render(&self, out: &mut String, shard: usize) {
         let l = format!("shard=\"{shard}\"");
         for op in Opcode::ALL {
-            let n = self.requests[op as usize % 12].load(Relaxed);
+            let n = self.requests[op as usize].load(Relaxed);
             let _ = writeln!(out, "strata_requests_total{{{l},op=\"{}\"}} {n}", op.name());
         }
         for status in Status::ALL {
@@ -167,6 +170,7 @@ impl ShardMetrics {
         self.latency_read.render(out, "strata_request_seconds", &format!("{l},kind=\"read\""));
         self.latency_write.render(out, "strata_request_seconds", &format!("{l},kind=\"write\""));
         self.queue_delay.render(out, "strata_queue_delay_seconds", &l);
+        self.socket_wait.render(out, "strata_socket_wait_seconds", &l);
     }
 }
 
@@ -183,6 +187,8 @@ pub fn families() -> &'static str {
      # TYPE strata_request_seconds histogram\n\
      # HELP strata_queue_delay_seconds Time from a request's arrival to its start.\n\
      # TYPE strata_queue_delay_seconds histogram\n\
+     # HELP strata_socket_wait_seconds Time from the kernel's receipt of a request to the server reading it.\n\
+     # TYPE strata_socket_wait_seconds histogram\n\
      # HELP strata_wal_fsyncs_total WAL fdatasyncs (group commits made durable).\n\
      # TYPE strata_wal_fsyncs_total counter\n"
 }

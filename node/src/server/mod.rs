@@ -107,6 +107,9 @@ pub struct Server {
     draining: Cell<bool>,
     /// The time the current turn's frames arrived (read once per receive).
     turn_now: Cell<Instant>,
+    /// When the kernel received the last bytes being handled: their requests waited in the
+    /// socket at least since then. `None` when unknown.
+    turn_received_at: Cell<Option<Instant>>,
     /// Admitted requests waiting for a slot, by priority (highest first).
     waiting: RefCell<[VecDeque<Waiting>; 4]>,
     /// GETs reading the disk now, by a hash of their key (collisions are told apart inside).
@@ -155,6 +158,7 @@ impl Server {
             tickets: RefCell::default(),
             draining: Cell::new(false),
             turn_now: Cell::new(Instant::now()),
+            turn_received_at: Cell::new(None),
             waiting: RefCell::new(Default::default()),
             reads_in_flight: RefCell::default(),
         });
@@ -253,6 +257,7 @@ impl Server {
     /// Handles the frames at the start of `input`; returns the bytes consumed.
     fn on_input(self: &Rc<Self>, conn: ConnId, input: &[u8]) -> usize {
         self.turn_now.set(Instant::now());
+        self.turn_received_at.set(self.net.received_at());
         let mut consumed = 0;
         while let Some(header_bytes) = input[consumed..].first_chunk::<HEADER_SIZE>() {
             let header = match FrameHeader::decode(header_bytes) {
@@ -294,6 +299,7 @@ impl Server {
             self.on_frame(Reply::Local(conn), conn, header, body);
             consumed += frame_len;
         }
+        self.turn_received_at.set(None);
         consumed
     }
 
@@ -336,6 +342,23 @@ impl Server {
         // FastReject: while the core is saturated, a share of requests is refused from the
         // header alone, before any body is checked or parsed.
         if !matches!(header.opcode, Opcode::Ping | Opcode::Auth | Opcode::Stats) {
+            // A request that outlived its deadline in the socket (the core was saturated, or
+            // held back by a CPU quota) is refused unstarted, from its header.
+            if let Some(received_at) = self.turn_received_at.get() {
+                let waited = self.turn_now.get().saturating_duration_since(received_at);
+                let budget = if header.deadline_us == 0 {
+                    self.options.default_deadline
+                } else {
+                    Duration::from_micros(header.deadline_us.into())
+                };
+                self.metrics.socket_wait.record(waited.as_micros() as u64);
+                if waited > budget {
+                    self.metrics.rejection(admission::Refusal::DeadlinePassed);
+                    let retry_us = self.admission.borrow().retry_after().as_micros().min(u128::from(u32::MAX)) as u32;
+                    return self
+                        .respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+                }
+            }
             let verdict =
                 self.admission.borrow_mut().fast_reject(header.priority, self.turn_now.get(), uring::busy_since_idle);
             if let Err((refusal, retry)) = verdict {
