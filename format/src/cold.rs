@@ -186,6 +186,9 @@ pub fn fingerprint(bytes: &[u8]) -> u32 {
 impl BlockLink {
     /// The link of a block holding `keys` (encoded keys, in key order): the fingerprints of
     /// every key and of every key's pkey prefix.
+    ///
+    /// # Panics
+    /// When a key is shorter than a timestamp (not an encoded key).
     #[must_use]
     pub fn new<K: AsRef<[u8]>>(link: ColdLink, crc: u32, keys: &[K]) -> Self {
         let mut fingerprints: Vec<u32> = keys
@@ -231,7 +234,9 @@ impl BlockLink {
         let u16_at = |at: usize| usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let (shared, suffix_len, fp_count) = (u16_at(20), u16_at(22), u32_at(24) as usize);
-        if shared > last_key.len() || bytes.len() != BLOCK_LINK_FIXED + suffix_len + 4 * fp_count {
+        let expected = fp_count.checked_mul(4).and_then(|n| n.checked_add(BLOCK_LINK_FIXED + suffix_len));
+        // A block holds at least one entry, so its link lists at least one fingerprint.
+        if shared > last_key.len() || fp_count == 0 || expected != Some(bytes.len()) {
             return Err(ColdFormatError::BadLink);
         }
         let mut first_key = last_key[..shared].to_vec();
@@ -457,7 +462,13 @@ pub fn decode_cold_block(bytes: &[u8], file: ColdFileId, offset: u64) -> Result<
     let mut previous: Option<&[u8]> = None;
     for entry in block.entries() {
         let entry = entry.map_err(|_| ColdFormatError::BadBlock { reason: "malformed entry" })?;
-        if entry.key.len() < 2 || u16::from_be_bytes([entry.key[0], entry.key[1]]) != block.bucket {
+        // The shape of an encoded key (its pkey length byte agrees with its length), so readers
+        // may take its pkey prefix and timestamp apart.
+        let key = entry.key;
+        if key.len() <= crate::key::KEY_OVERHEAD || usize::from(key[2]) != key.len() - crate::key::KEY_OVERHEAD {
+            return Err(ColdFormatError::BadBlock { reason: "an entry's key is malformed" });
+        }
+        if u16::from_be_bytes([key[0], key[1]]) != block.bucket {
             return Err(ColdFormatError::BadBlock { reason: "entry of another bucket" });
         }
         if previous.is_some_and(|p| p >= entry.key) {

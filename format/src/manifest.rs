@@ -79,7 +79,10 @@ impl RangeTombstone {
 
 /// The level of a sunk window's link tables: one entry per cold block, keyed by the block's last
 /// key, whose value is its [`crate::cold::BlockLink`].
-pub const LEVEL_COLD_LINKS: u8 = 2;
+pub const LEVEL_COLD_LINKS: u8 = 3;
+/// The level earlier builds gave link tables of one link per key: still decoded, so the node
+/// can refuse them by name, never read.
+pub const LEVEL_COLD_LINKS_PER_KEY: u8 = 2;
 
 /// A window sunk to the cold tier: where its blocks are, and how they were placed.
 #[derive(Debug, Clone, PartialEq, Eq)]

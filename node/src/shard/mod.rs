@@ -936,6 +936,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
 async fn open_tables<D: Disk>(disk: &D, dir: &Path, manifest: &ManifestState) -> Result<Levels<D::File>, OpenError> {
     let mut levels = Levels::default();
     for meta in manifest.tables.values() {
+        if meta.level == strata_format::manifest::LEVEL_COLD_LINKS_PER_KEY {
+            return Err(OpenError::BadOptions(format!(
+                "table {} of window {} is a link table of one link per key (level 2), written by an \
+                 earlier build; this build reads only links per block (level 3): open this data \
+                 directory with the build that sank it",
+                meta.table_id, meta.window
+            )));
+        }
         let path = table_path(dir, meta.table_id);
         let mut table = Table::open(disk, &path, meta.clone()).await.map_err(OpenError::Table)?;
         if meta.level == strata_format::manifest::LEVEL_COLD_LINKS {

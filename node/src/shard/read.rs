@@ -297,7 +297,8 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         Ok(out)
     }
 
-    /// Up to `n` entries of `table` with `from <= key <= to`, highest key first.
+    /// Up to `n` entries of `table` with `from <= key <= to`, highest key first. For a link
+    /// table it walks the links backwards from `to`, a few at a time, and stops once it has `n`.
     pub(crate) async fn table_range_newest(
         &self,
         table: &Table<D::File>,
@@ -309,12 +310,37 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             return Ok(table.range_newest(from, to, n, &self.inner.cache).await?);
         }
         let mut out = Vec::new();
-        for linked in self.links_meeting(table, from, to).await?.iter().rev() {
-            if out.len() >= n {
+        if n == 0 {
+            return Ok(out);
+        }
+        // The block whose last key lies above `to` comes first: it may start at or below it.
+        if let Some(linked) = self.link_above(table, to).await?
+            && linked.first_key.as_slice() <= to
+            && may_hold_range(&linked, from, to)
+        {
+            let block = self.read_linked(table, &linked).await?;
+            out.extend(block.entries_in(from, to).into_iter().rev().take(n));
+        }
+        // Then the blocks whose last key lies in the range, newest first.
+        let (mut asked, mut seen) = (4, 0);
+        while out.len() < n {
+            let links = table.range_newest(from, to, asked, &self.inner.cache).await?;
+            for (last_key, _, link) in &links[seen..] {
+                let linked = decode_link(table, last_key, link.as_deref())?;
+                if !may_hold_range(&linked, from, to) {
+                    continue;
+                }
+                let block = self.read_linked(table, &linked).await?;
+                out.extend(block.entries_in(from, to).into_iter().rev().take(n - out.len()));
+                if out.len() >= n {
+                    break;
+                }
+            }
+            if links.len() < asked {
                 break;
             }
-            let block = self.read_linked(table, linked).await?;
-            out.extend(block.entries_in(from, to).into_iter().rev().take(n - out.len()));
+            seen = links.len();
+            asked = asked.saturating_mul(4);
         }
         Ok(out)
     }
@@ -340,18 +366,23 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         for (last_key, _, link) in table.range(from, to, &self.inner.cache).await? {
             links.push(decode_link(table, &last_key, link.as_deref())?);
         }
-        let mut above = to.to_vec();
-        above.push(0);
-        if let Some((last_key, _, link)) = table.seek(&above, &self.inner.cache).await? {
-            let linked = decode_link(table, &last_key, link.as_deref())?;
-            if linked.first_key.as_slice() <= to {
-                links.push(linked);
-            }
+        if let Some(linked) = self.link_above(table, to).await?
+            && linked.first_key.as_slice() <= to
+        {
+            links.push(linked);
         }
-        if from.len() > 8 && to.len() > 8 && pkey_prefix(from) == pkey_prefix(to) {
-            links.retain(|l| l.may_hold(pkey_prefix(from)));
-        }
+        links.retain(|l| may_hold_range(l, from, to));
         Ok(links)
+    }
+
+    /// The link of the first block whose last key lies above `key`.
+    async fn link_above(&self, table: &Table<D::File>, key: &[u8]) -> Result<Option<BlockLink>, ReadError> {
+        let mut above = key.to_vec();
+        above.push(0);
+        match table.seek(&above, &self.inner.cache).await? {
+            Some((last_key, _, link)) => Ok(Some(decode_link(table, &last_key, link.as_deref())?)),
+            None => Ok(None),
+        }
     }
 
     /// Reads the cold block `linked` names, from the files of `table`'s sunk window.
@@ -373,6 +404,13 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let block = store.read_block(cold, bucket, linked).await?;
         IndexedBlock::new(block).map_err(|e| corrupted(e.to_string()))
     }
+}
+
+/// False only when the block `linked` names surely holds nothing of `from..=to`: when the range
+/// is one pkey's (a scan's) and the block's fingerprints rule that pkey out.
+fn may_hold_range(linked: &BlockLink, from: &[u8], to: &[u8]) -> bool {
+    let one_pkey = from.len() > 8 && to.len() > 8 && pkey_prefix(from) == pkey_prefix(to);
+    !one_pkey || linked.may_hold(pkey_prefix(from))
 }
 
 fn is_links<F>(table: &Table<F>) -> bool {

@@ -268,6 +268,9 @@ struct SinkInput<'s, D: Disk, C: Clock> {
     link_at: usize,
     cold: std::collections::VecDeque<Entry>,
     started: bool,
+    /// The last key returned: keys must ascend strictly, or the previous generation is not
+    /// what its links say (nothing is committed then).
+    last: Option<Vec<u8>>,
 }
 
 type Entry = (Vec<u8>, Version, Option<Vec<u8>>);
@@ -286,6 +289,7 @@ impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
             link_at: 0,
             cold: std::collections::VecDeque::new(),
             started: false,
+            last: None,
         }
     }
 
@@ -313,12 +317,22 @@ impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
                 }
             },
         };
-        if take_delta {
+        let entry = if take_delta {
             let next = self.deltas.next().await.map_err(|e| fatal(&e))?.map(|(k, v, value, _)| (k, v, value));
-            Ok(std::mem::replace(&mut self.delta_head, next))
+            std::mem::replace(&mut self.delta_head, next)
         } else {
-            Ok(self.cold.pop_front())
+            self.cold.pop_front()
+        };
+        if let Some((key, _, _)) = &entry {
+            if self.last.as_ref().is_some_and(|last| key <= last) {
+                return Err(SinkFailure::Unreadable(format!(
+                    "the previous generation's entries are out of key order at key {key:02x?}: its links \
+                     overlap"
+                )));
+            }
+            self.last = Some(key.clone());
         }
+        Ok(entry)
     }
 
     /// Reads the previous generation's next block when its entries ran out.
@@ -332,7 +346,11 @@ impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
             }
             let (last_key, _, link) = cursor.pop().expect("peeked an entry");
             let table = cursor.table().clone();
-            let linked = super::read::decode_link(&table, &last_key, link.as_deref()).map_err(|e| fatal(&e))?;
+            // A link that does not decode is a damaged previous generation, like a bad block:
+            // the sink is abandoned, and the shard keeps serving.
+            let linked = super::read::decode_link(&table, &last_key, link.as_deref()).map_err(|e| {
+                SinkFailure::Unreadable(format!("cannot read window {}'s previous generation: {e}", table.meta.window))
+            })?;
             match self.shard.read_linked(&table, &linked).await {
                 Ok(block) => self.cold.extend(block.entries_from(&[], usize::MAX)),
                 Err(super::ReadError::Cold(e)) => {
