@@ -68,8 +68,8 @@ pub struct LoadSpec {
     pub priority: Priority,
     pub seed: u64,
     /// Honour OVERLOADED retry hints like the client library: a refused connection sends
-    /// nothing until the hint (stretched while refusals continue) has passed; requests due on
-    /// it meanwhile are shed by the client.
+    /// nothing until the hint (stretched while refusals of requests sent after the last pause
+    /// continue) has passed; requests due on it meanwhile are shed by the client.
     pub backoff: bool,
 }
 
@@ -131,6 +131,9 @@ struct Conn {
     broken: bool,
     paused_until: Option<Instant>,
     backoff_factor: u32,
+    /// When the current back-off began: refusals of requests sent before it are old news and
+    /// do not stretch it again (one stretch per round trip, as TCP halves its window once).
+    backoff_started: Option<Instant>,
 }
 
 impl Conn {
@@ -170,6 +173,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
             next_id: 1,
             broken: false,
             paused_until: None,
+            backoff_started: None,
             backoff_factor: 1,
         });
     }
@@ -337,9 +341,10 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                             exhausted = false;
                         }
                         let _ = latency_rejected_us.record(latency_us.max(1));
-                        if spec.backoff {
+                        if spec.backoff && conn.backoff_started.is_none_or(|at| intended >= at) {
                             let wait_us = u64::from(retry_after_us.max(100)) * u64::from(conn.backoff_factor);
                             conn.paused_until = Some(done + Duration::from_micros(wait_us));
+                            conn.backoff_started = Some(done);
                             conn.backoff_factor = (conn.backoff_factor * 2).min(64);
                         }
                     }
