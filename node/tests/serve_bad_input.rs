@@ -700,11 +700,16 @@ fn a_request_that_outlived_its_deadline_in_the_socket_is_refused_unstarted() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     let mut answers = std::collections::HashMap::new();
+    let mut retry_after_us = 0;
     for _ in 0..2 {
         let response = conn.receive(Duration::from_secs(5)).unwrap();
+        if let Ok(protocol::Response::Overloaded { retry_after_us: hint }) = response.response() {
+            retry_after_us = hint;
+        }
         answers.insert(response.header.request_id, response.header.status);
     }
     assert_eq!(answers[&short], Status::Overloaded, "a 50 ms deadline passed in the socket: refused unstarted");
+    assert!(retry_after_us >= 250_000, "the retry hint is the wait in the socket, not {retry_after_us} µs");
     assert_eq!(answers[&long], Status::NotFound, "a 5 s deadline had not passed: served");
     let refused = node
         .metrics()

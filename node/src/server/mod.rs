@@ -110,6 +110,8 @@ pub struct Server {
     /// When the kernel received the last bytes being handled: their requests waited in the
     /// socket at least since then. `None` when unknown.
     turn_received_at: Cell<Option<Instant>>,
+    /// Moving average (weight 1/16) of requests' wait in the sockets, µs.
+    socket_wait_avg_us: Cell<u32>,
     /// Admitted requests waiting for a slot, by priority (highest first).
     waiting: RefCell<[VecDeque<Waiting>; 4]>,
     /// GETs reading the disk now, by a hash of their key (collisions are told apart inside).
@@ -159,6 +161,7 @@ impl Server {
             draining: Cell::new(false),
             turn_now: Cell::new(Instant::now()),
             turn_received_at: Cell::new(None),
+            socket_wait_avg_us: Cell::new(0),
             waiting: RefCell::new(Default::default()),
             reads_in_flight: RefCell::default(),
         });
@@ -351,19 +354,24 @@ impl Server {
                 } else {
                     Duration::from_micros(header.deadline_us.into())
                 };
-                self.metrics.socket_wait.record(waited.as_micros() as u64);
+                let waited_us = waited.as_micros().min(u128::from(u32::MAX)) as u32;
+                self.metrics.socket_wait.record(u64::from(waited_us));
+                let avg = self.socket_wait_avg_us.get();
+                self.socket_wait_avg_us.set(avg - avg / 16 + waited_us / 16);
                 if waited > budget {
+                    // The backlog ahead of the client is at least this old: come back after about
+                    // that long, when it may have drained.
                     self.metrics.rejection(admission::Refusal::DeadlinePassed);
-                    let retry_us = self.admission.borrow().retry_after().as_micros().min(u128::from(u32::MAX)) as u32;
                     return self
-                        .respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+                        .respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, waited_us));
                 }
             }
             let verdict =
                 self.admission.borrow_mut().fast_reject(header.priority, self.turn_now.get(), uring::busy_since_idle);
             if let Err((refusal, retry)) = verdict {
                 self.metrics.rejection(refusal);
-                let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
+                // While requests wait in the sockets, a retry sooner than that wait only queues again.
+                let retry_us = (retry.as_micros().min(u128::from(u32::MAX)) as u32).max(self.socket_wait_avg_us.get());
                 return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
             }
         }
