@@ -296,6 +296,7 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     assert_eq!(code, 0, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(report["entries"].as_u64().is_some_and(|n| n > 0), "{out}");
+    assert_eq!(report["block_links"], report["entries"], "every entry of a link table is a block link: {out}");
 
     // Scrub finds exactly that damage.
     let mut args = vec!["scrub", "--json", "--data-dir", dir_a.to_str().unwrap()];

@@ -245,6 +245,8 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
     };
     let mut damage: Vec<String> = Vec::new();
     let (mut blocks, mut entries) = (0u64, 0u64);
+    // Entries whose value is a cold block's link (a sunk window's link table).
+    let mut block_links = 0u64;
     let (mut first_key, mut last_key): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
     let footer = if bytes.len() >= BLOCK_SIZE && bytes.len() % BLOCK_SIZE == 0 {
         TableFooter::decode(&bytes[bytes.len() - BLOCK_SIZE..]).map_err(|e| e.to_string())
@@ -286,6 +288,9 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
                                     match e {
                                         Ok(e) => {
                                             entries += 1;
+                                            let link =
+                                                e.value.map(|v| strata_format::cold::BlockLink::decode(v, e.key));
+                                            block_links += u64::from(matches!(link, Some(Ok(_))));
                                             first_key.get_or_insert_with(|| e.key.to_vec());
                                             last_key = Some(e.key.to_vec());
                                         }
@@ -315,7 +320,7 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
             .map(|f| serde_json::json!({ "table_id": f.table_id, "window": f.window, "entry_count": f.entry_count }));
         println!(
             "{}",
-            serde_json::json!({ "file": path, "footer": footer, "data_blocks": blocks, "entries": entries, "first_key": show(&first_key), "last_key": show(&last_key), "damage": damage })
+            serde_json::json!({ "file": path, "footer": footer, "data_blocks": blocks, "entries": entries, "block_links": block_links, "first_key": show(&first_key), "last_key": show(&last_key), "damage": damage })
         );
     } else {
         if let Ok(f) = &footer {
@@ -328,6 +333,9 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
             );
         }
         println!("{blocks} data blocks check, {entries} entries, keys {} .. {}", show(&first_key), show(&last_key));
+        if block_links > 0 {
+            println!("{block_links} of the entries are cold block links (a sunk window's link table)");
+        }
         for d in &damage {
             println!("DAMAGE {d}");
         }
