@@ -161,6 +161,25 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Reads every entry; returns the keys that failed (each must fail with CORRUPTED).
+/// Damages `path`: `bytes` written over it at `offset`, synced.
+fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Loses a whole disk: everything under its root, label included.
+fn empty_disk(root: &Path) {
+    for entry in std::fs::read_dir(root).unwrap().filter_map(Result::ok) {
+        if entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        } else {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+}
+
 fn read_all(node: &Node, data: &[(Vec<u8>, u64, Vec<u8>)]) -> BTreeSet<(Vec<u8>, u64)> {
     let mut client = node.client();
     let mut failed = BTreeSet::new();
@@ -260,19 +279,8 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
             (k.pkey.to_vec(), k.ts)
         })
         .collect();
-    {
-        use std::os::unix::fs::FileExt as _;
-        let f = std::fs::OpenOptions::new().write(true).open(&victim_path).unwrap();
-        f.write_all_at(&[0xAB; 16], 4096 + 200).unwrap();
-        f.sync_all().unwrap();
-    }
-    for entry in std::fs::read_dir(&disks.roots[3]).unwrap().filter_map(Result::ok) {
-        if entry.path().is_dir() {
-            std::fs::remove_dir_all(entry.path()).unwrap();
-        } else {
-            std::fs::remove_file(entry.path()).unwrap();
-        }
-    }
+    overwrite(&victim_path, 4096 + 200, &[0xAB; 16]);
+    empty_disk(&disks.roots[3]);
     let disk3_files = files_a.keys().filter(|(d, _)| *d == 3).count();
 
     // inspect decodes a damaged cold file and says where the damage starts; it reads the
@@ -383,19 +391,8 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     // Again from a running B, over the network (COLD_READ): corrupt a block on disk 1, lose
     // disk 0 whole.
     let ((_, victim), _) = files_a.iter().find(|((d, _), _)| *d == 1).expect("disk 1 holds a file");
-    {
-        use std::os::unix::fs::FileExt as _;
-        let f = std::fs::OpenOptions::new().write(true).open(disks.roots[1].join(victim)).unwrap();
-        f.write_all_at(&[0x5A; 64], 4096 + 100).unwrap();
-        f.sync_all().unwrap();
-    }
-    for entry in std::fs::read_dir(&disks.roots[0]).unwrap().filter_map(Result::ok) {
-        if entry.path().is_dir() {
-            std::fs::remove_dir_all(entry.path()).unwrap();
-        } else {
-            std::fs::remove_file(entry.path()).unwrap();
-        }
-    }
+    overwrite(&disks.roots[1].join(victim), 4096 + 100, &[0x5A; 64]);
+    empty_disk(&disks.roots[0]);
     let mut b = Node::start(&dir_b, &["--config", cfg_b.to_str().unwrap()]);
     let peer = b.addr.to_string();
     let mut over_net = vec!["repair", "--json", "--data-dir", dir_a.to_str().unwrap(), "--from-node", &peer];

@@ -233,16 +233,15 @@ fn inspect_cold(path: &Path, json: bool) -> i32 {
     i32::from(!scan.damage.is_empty())
 }
 
+/// The whole file, or `None` after saying why it cannot be read.
+fn read_reporting(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).map_err(|e| eprintln!("strata-tool: cannot read {}: {e}", path.display())).ok()
+}
+
 /// Decodes a table: footer, index, filter, then every data block's checksum and entries.
 fn inspect_table(path: &Path, json: bool) -> i32 {
     use strata_format::table::{BlockKind, EntryIter, TableFooter, decode_block, decode_index, peek_block_len};
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            eprintln!("strata-tool: cannot read {}: {e}", path.display());
-            return 1;
-        }
-    };
+    let Some(bytes) = read_reporting(path) else { return 1 };
     let mut damage: Vec<String> = Vec::new();
     let (mut blocks, mut entries) = (0u64, 0u64);
     // Entries whose value is a cold block's link (a sunk window's link table).
@@ -347,13 +346,7 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
 /// stops (and whether a valid record follows: damage in the middle).
 fn inspect_manifest(path: &Path, json: bool) -> i32 {
     use strata_format::manifest::{IntentChange, decode_record};
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            eprintln!("strata-tool: cannot read {}: {e}", path.display());
-            return 1;
-        }
-    };
+    let Some(bytes) = read_reporting(path) else { return 1 };
     let mut state = strata_node::lsm::manifest::ManifestState::default();
     let mut records = Vec::new();
     let (mut offset, mut seq) = (0usize, 1u64);

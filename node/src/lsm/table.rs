@@ -376,15 +376,10 @@ impl<F: DiskFile> Table<F> {
             return Ok(None);
         }
         let block = self.block(i, cache).await?;
-        for entry in EntryIter::new(&block) {
-            let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
-            match entry.key.cmp(key) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => return Ok(Some((entry.version, entry.value.map(<[u8]>::to_vec)))),
-                std::cmp::Ordering::Greater => break,
-            }
-        }
-        Ok(None)
+        Ok(self
+            .first_at_or_after(i, &block, key)?
+            .filter(|entry| entry.key == key)
+            .map(|entry| (entry.version, entry.value.map(<[u8]>::to_vec))))
     }
 
     /// The first entry with a key at or above `key`, if any (no filter: a link table's keys
@@ -400,13 +395,26 @@ impl<F: DiskFile> Table<F> {
             return Ok(None);
         }
         let block = self.block(i, cache).await?;
-        for entry in EntryIter::new(&block) {
+        match self.first_at_or_after(i, &block, key)? {
+            Some(entry) => Ok(Some((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec)))),
+            None => Err(self.corrupted(self.index[i].offset, "a block ends below the last key its index names".into())),
+        }
+    }
+
+    /// The first entry of data block `i` (`block`) with a key at or above `key`.
+    fn first_at_or_after<'b>(
+        &self,
+        i: usize,
+        block: &'b DecodedBlock,
+        key: &[u8],
+    ) -> Result<Option<strata_format::table::EntryRef<'b>>, TableError> {
+        for entry in EntryIter::new(block) {
             let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
             if entry.key >= key {
-                return Ok(Some((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec))));
+                return Ok(Some(entry));
             }
         }
-        Err(self.corrupted(self.index[i].offset, "a block ends below the last key its index names".into()))
+        Ok(None)
     }
 
     /// Every entry with `from <= key <= to`, in key order.

@@ -391,9 +391,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         table: &Table<D::File>,
         linked: &BlockLink,
     ) -> Result<IndexedBlock, ReadError> {
-        let corrupted = |reason: String| {
-            ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
-        };
+        let corrupted = |reason: String| link_table_corrupted(table, reason);
         let Some(store) = self.inner.cold.as_ref() else {
             return Err(corrupted("a link table, but the shard has no cold tier".into()));
         };
@@ -417,15 +415,18 @@ fn is_links<F>(table: &Table<F>) -> bool {
     table.meta.level == LEVEL_COLD_LINKS
 }
 
+/// A link table (or what it points at) that cannot be used, for `reason`.
+fn link_table_corrupted<F: strata_ioengine::DiskFile>(table: &Table<F>, reason: String) -> ReadError {
+    ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
+}
+
 /// The [`BlockLink`] a link table's entry (keyed by its block's last key) holds.
 pub(super) fn decode_link<F: strata_ioengine::DiskFile>(
     table: &Table<F>,
     last_key: &[u8],
     value: Option<&[u8]>,
 ) -> Result<BlockLink, ReadError> {
-    let corrupted = |reason: String| {
-        ReadError::Table(TableError::Corrupted { file: table.path().to_path_buf(), offset: 0, reason })
-    };
+    let corrupted = |reason: String| link_table_corrupted(table, reason);
     let value = value.ok_or_else(|| corrupted("a link table holds a tombstone".into()))?;
     let linked = BlockLink::decode(value, last_key).map_err(|e| corrupted(e.to_string()))?;
     if linked.first_key.len() < 2 {

@@ -294,10 +294,9 @@ impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
     }
 
     async fn next(&mut self) -> Result<Option<Entry>, SinkFailure> {
-        let fatal = |e: &dyn std::fmt::Display| SinkFailure::Fatal(format!("sink failed: {e}"));
         if !self.started {
             self.started = true;
-            self.delta_head = self.deltas.next().await.map_err(|e| fatal(&e))?.map(|(k, v, value, _)| (k, v, value));
+            self.delta_head = self.next_delta().await?;
         }
         self.fill_cold().await?;
         let take_delta = match (&self.delta_head, self.cold.front()) {
@@ -318,7 +317,7 @@ impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
             },
         };
         let entry = if take_delta {
-            let next = self.deltas.next().await.map_err(|e| fatal(&e))?.map(|(k, v, value, _)| (k, v, value));
+            let next = self.next_delta().await?;
             std::mem::replace(&mut self.delta_head, next)
         } else {
             self.cold.pop_front()
@@ -333,6 +332,12 @@ impl<'s, D: Disk, C: Clock> SinkInput<'s, D, C> {
             self.last = Some(key.clone());
         }
         Ok(entry)
+    }
+
+    /// The delta tables' next entry.
+    async fn next_delta(&mut self) -> Result<Option<Entry>, SinkFailure> {
+        let next = self.deltas.next().await.map_err(|e| SinkFailure::Fatal(format!("sink failed: {e}")))?;
+        Ok(next.map(|(key, version, value, _)| (key, version, value)))
     }
 
     /// Reads the previous generation's next block when its entries ran out.
