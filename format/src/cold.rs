@@ -23,7 +23,7 @@ use crate::BLOCK_SIZE;
 use crate::checksum::{crc32c, crc32c_append};
 use crate::key::Bucket;
 use crate::route::group_of;
-use crate::table::{DecodedBlock, EntryIter};
+use crate::table::{DecodedBlock, EntryIter, EntryLayout};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -457,7 +457,7 @@ pub fn decode_cold_block(bytes: &[u8], file: ColdFileId, offset: u64) -> Result<
     let block = ColdBlock {
         bucket: header.bucket.get(),
         crc: header.crc.get(),
-        block: DecodedBlock { raw, entry_count: header.entry_count.get() },
+        block: DecodedBlock { raw, entry_count: header.entry_count.get(), layout: EntryLayout::Fixed },
     };
     let mut previous: Option<&[u8]> = None;
     for entry in block.entries() {

@@ -13,6 +13,7 @@ pub mod protocol;
 pub mod route;
 pub mod table;
 pub mod ticket;
+pub mod varint;
 pub mod version;
 pub mod wal;
 

@@ -14,6 +14,7 @@
 //! table are sorted by encoded key, one entry per key.
 
 use crate::checksum::{crc32c, crc32c_append};
+use crate::varint::{get_varint, put_varint, unzigzag, varint_len, zigzag};
 use crate::version::Version;
 use crate::{BLOCK_SIZE, align_up_block};
 use xxhash_rust::xxh3::xxh3_64;
@@ -24,7 +25,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const BLOCK_MAGIC: u32 = u32::from_le_bytes(*b"STBK");
 /// "STTB": Strata table.
 pub const TABLE_MAGIC: u32 = u32::from_le_bytes(*b"STTB");
-pub const TABLE_FORMAT_VERSION: u16 = 1;
+/// Version 2 stores data-block entries in the prefixed layout ([`EntryLayout::Prefixed`]);
+/// version 1 tables (fixed layout only) are still read.
+pub const TABLE_FORMAT_VERSION: u16 = 2;
+/// The oldest table format version this code reads.
+pub const TABLE_FORMAT_VERSION_MIN: u16 = 1;
 pub const BLOCK_HEADER_SIZE: usize = size_of::<BlockHeader>();
 pub const FOOTER_SIZE: usize = size_of::<TableFooter>();
 /// The longest encoded key: bucket, length byte, 255-byte pkey, ts.
@@ -47,6 +52,18 @@ pub enum Compression {
     Lz4 = 1,
 }
 
+/// How a data block lays out its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryLayout {
+    /// A 16-byte [`EntryHeader`], the whole key, the value (table format 1, cold blocks, and
+    /// every index and filter block, which hold no entries).
+    Fixed = 0,
+    /// Varint fields, and each key stored as the bytes it does not share with the previous
+    /// key of the block ([`BlockBuilder`]).
+    Prefixed = 1,
+}
+
 /// Block header, at a 4 KiB-aligned offset of a table.
 ///
 /// ```text
@@ -54,7 +71,8 @@ pub enum Compression {
 /// 0      4    magic        "STBK"
 /// 4      1    kind         1 data, 2 index, 3 filter
 /// 5      1    compression  0 none, 1 lz4
-/// 6      2    reserved     0
+/// 6      1    layout       entry layout: 0 fixed, 1 prefixed (only data blocks may be 1)
+/// 7      1    reserved     0
 /// 8      4    stored_len   bytes after this header (before padding)
 /// 12     4    raw_len      bytes once decompressed
 /// 16     4    entry_count  entries (data), blocks (index), 0 (filter)
@@ -68,7 +86,8 @@ pub struct BlockHeader {
     pub magic: U32,
     pub kind: u8,
     pub compression: u8,
-    pub reserved0: U16,
+    pub layout: u8,
+    pub reserved0: u8,
     pub stored_len: U32,
     pub raw_len: U32,
     pub entry_count: U32,
@@ -83,7 +102,7 @@ const _: () = assert!(size_of::<BlockHeader>() == 32);
 /// ```text
 /// offset size field           meaning
 /// 0      4    magic           "STTB"
-/// 4      2    format_version  1
+/// 4      2    format_version  2 (1 is still read)
 /// 6      2    reserved        0
 /// 8      8    table_id        unique per shard, never reused
 /// 16     8    window          the time window every entry's ts falls in
@@ -92,8 +111,18 @@ const _: () = assert!(size_of::<BlockHeader>() == 32);
 /// 36     4    filter_len      bytes of the filter block, header and padding included
 /// 40     8    filter_offset   offset of the filter block
 /// 48     8    entry_count     entries in the table
-/// 56     4    reserved        0
+/// 56     4    stats_crc       format 2: CRC32C of the 64-byte `TableStats` just before the
+///                             footer; format 1: 0 (no stats)
 /// 60     4    crc             CRC32C of bytes 0..60
+/// ```
+///
+/// `TableStats` (format 2), the 64 bytes before the footer in the same block:
+///
+/// ```text
+/// offset size field    meaning
+/// 0      8    ts_min   the lowest ts of any key the table holds or links to
+/// 8      8    ts_max   the highest
+/// 16     48   reserved 0
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -108,10 +137,13 @@ pub struct TableFooter {
     pub filter_len: U32,
     pub filter_offset: U64,
     pub entry_count: U64,
-    pub reserved1: U32,
+    pub stats_crc: U32,
     pub crc: U32,
 }
 const _: () = assert!(size_of::<TableFooter>() == 64);
+
+/// Bytes of the stats that precede a format-2 footer.
+pub const STATS_SIZE: usize = 64;
 
 /// Entry header inside a data block, followed by the key and the value.
 ///
@@ -183,10 +215,12 @@ pub fn encode_block(
     offset: u64,
     kind: BlockKind,
     compression: Compression,
+    layout: EntryLayout,
     raw: &[u8],
     entry_count: u32,
 ) -> Vec<u8> {
     assert!(offset.is_multiple_of(BLOCK_SIZE as u64), "blocks start 4 KiB-aligned");
+    assert!(kind == BlockKind::Data || layout == EntryLayout::Fixed, "only data blocks hold entries");
     let compressed;
     let (compression, stored): (Compression, &[u8]) = match compression {
         Compression::None => (Compression::None, raw),
@@ -200,7 +234,8 @@ pub fn encode_block(
         magic: BLOCK_MAGIC.into(),
         kind: kind as u8,
         compression: compression as u8,
-        reserved0: 0.into(),
+        layout: layout as u8,
+        reserved0: 0,
         stored_len: u32::try_from(stored.len()).expect("a block fits u32").into(),
         raw_len: u32::try_from(raw.len()).expect("a block fits u32").into(),
         entry_count: entry_count.into(),
@@ -239,11 +274,12 @@ pub fn lz4_decompress(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> 
     Ok(out)
 }
 
-/// A decoded block: its raw bytes (decompressed) and entry count.
+/// A decoded block: its raw bytes (decompressed), entry count and entry layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedBlock {
     pub raw: Vec<u8>,
     pub entry_count: u32,
+    pub layout: EntryLayout,
 }
 
 /// Checks and decodes the block at the start of `bytes`, expected at `offset` of `table_id`.
@@ -263,12 +299,17 @@ pub fn decode_block(
     if computed != header.crc.get() {
         return Err(TableFormatError::ChecksumMismatch { stored: header.crc.get(), computed });
     }
-    if header.reserved0.get() != 0 || header.reserved1.get() != 0 || header.reserved2.get() != 0 {
+    if header.reserved0 != 0 || header.reserved1.get() != 0 || header.reserved2.get() != 0 {
         return Err(TableFormatError::ReservedNonZero { field: "block header" });
     }
     if header.kind != kind as u8 {
         return Err(TableFormatError::WrongKind { expected: kind as u8, found: header.kind });
     }
+    let layout = match header.layout {
+        0 => EntryLayout::Fixed,
+        1 if kind == BlockKind::Data => EntryLayout::Prefixed,
+        _ => return Err(TableFormatError::BadBlock { reason: "unknown entry layout" }),
+    };
     let raw_len = header.raw_len.get() as usize;
     let raw = match header.compression {
         0 if raw_len == stored.len() => stored.to_vec(),
@@ -279,7 +320,7 @@ pub fn decode_block(
     if raw.len() != raw_len {
         return Err(TableFormatError::BadBlock { reason: "decompressed length differs from raw length" });
     }
-    Ok(DecodedBlock { raw, entry_count: header.entry_count.get() })
+    Ok(DecodedBlock { raw, entry_count: header.entry_count.get(), layout })
 }
 
 /// What a table footer says.
@@ -292,6 +333,10 @@ pub struct FooterInfo {
     pub filter_offset: u64,
     pub filter_len: u32,
     pub entry_count: u64,
+    /// The lowest and highest ts of the table's keys. A format-1 table has no stats and reads
+    /// as `(0, u64::MAX)`: it may hold any ts.
+    pub ts_min: u64,
+    pub ts_max: u64,
 }
 
 impl TableFooter {
@@ -309,11 +354,15 @@ impl TableFooter {
             filter_len: info.filter_len.into(),
             filter_offset: info.filter_offset.into(),
             entry_count: info.entry_count.into(),
-            reserved1: 0.into(),
+            stats_crc: 0.into(),
             crc: 0.into(),
         };
-        footer.crc = crc32c(&footer.as_bytes()[..60]).into();
         let mut block = vec![0u8; BLOCK_SIZE];
+        let stats = &mut block[BLOCK_SIZE - FOOTER_SIZE - STATS_SIZE..BLOCK_SIZE - FOOTER_SIZE];
+        stats[..8].copy_from_slice(&info.ts_min.to_le_bytes());
+        stats[8..16].copy_from_slice(&info.ts_max.to_le_bytes());
+        footer.stats_crc = crc32c(stats).into();
+        footer.crc = crc32c(&footer.as_bytes()[..60]).into();
         block[BLOCK_SIZE - FOOTER_SIZE..].copy_from_slice(footer.as_bytes());
         block
     }
@@ -331,11 +380,35 @@ impl TableFooter {
         if computed != footer.crc.get() {
             return Err(TableFormatError::ChecksumMismatch { stored: footer.crc.get(), computed });
         }
-        if footer.format_version.get() != TABLE_FORMAT_VERSION {
+        if !(TABLE_FORMAT_VERSION_MIN..=TABLE_FORMAT_VERSION).contains(&footer.format_version.get()) {
             return Err(TableFormatError::BadFormatVersion { found: footer.format_version.get() });
         }
-        if footer.reserved0.get() != 0 || footer.reserved1.get() != 0 {
+        if footer.reserved0.get() != 0 {
             return Err(TableFormatError::ReservedNonZero { field: "table footer" });
+        }
+        let (mut ts_min, mut ts_max) = (0, u64::MAX);
+        if footer.format_version.get() == 1 {
+            if footer.stats_crc.get() != 0 {
+                return Err(TableFormatError::ReservedNonZero { field: "table footer" });
+            }
+        } else {
+            let at = tail.len() - FOOTER_SIZE;
+            let stats = tail.get(at.saturating_sub(STATS_SIZE)..at).filter(|s| s.len() == STATS_SIZE);
+            let Some(stats) = stats else {
+                return Err(TableFormatError::Truncated { needed: FOOTER_SIZE + STATS_SIZE, available: tail.len() });
+            };
+            let computed = crc32c(stats);
+            if computed != footer.stats_crc.get() {
+                return Err(TableFormatError::ChecksumMismatch { stored: footer.stats_crc.get(), computed });
+            }
+            if stats[16..].iter().any(|b| *b != 0) {
+                return Err(TableFormatError::ReservedNonZero { field: "table stats" });
+            }
+            ts_min = u64::from_le_bytes(stats[..8].try_into().expect("8 bytes"));
+            ts_max = u64::from_le_bytes(stats[8..16].try_into().expect("8 bytes"));
+            if ts_min > ts_max {
+                return Err(TableFormatError::BadBlock { reason: "table stats: ts_min above ts_max" });
+            }
         }
         Ok(FooterInfo {
             table_id: footer.table_id.get(),
@@ -345,6 +418,8 @@ impl TableFooter {
             filter_offset: footer.filter_offset.get(),
             filter_len: footer.filter_len.get(),
             entry_count: footer.entry_count.get(),
+            ts_min,
+            ts_max,
         })
     }
 }
@@ -358,7 +433,7 @@ pub struct EntryRef<'a> {
     pub value: Option<&'a [u8]>,
 }
 
-/// Appends one entry to a data block's raw bytes.
+/// Appends one entry to a fixed-layout block's raw bytes ([`EntryLayout::Fixed`]: cold blocks).
 pub fn push_entry(raw: &mut Vec<u8>, key: &[u8], version: Version, value: Option<&[u8]>) {
     assert!(!key.is_empty() && key.len() <= KEY_LEN_MAX);
     let header = EntryHeader {
@@ -373,7 +448,9 @@ pub fn push_entry(raw: &mut Vec<u8>, key: &[u8], version: Version, value: Option
     raw.extend_from_slice(value.unwrap_or_default());
 }
 
-/// Iterates a data block's entries; the first malformed entry ends it with an error.
+/// Iterates the entries of a fixed-layout block (a cold block, or a data block of table format
+/// 1); the first malformed entry ends it with an error. Tables use [`BlockEntries`], which reads
+/// either layout.
 #[derive(Debug, Clone)]
 pub struct EntryIter<'a> {
     rest: &'a [u8],
@@ -381,8 +458,11 @@ pub struct EntryIter<'a> {
 }
 
 impl<'a> EntryIter<'a> {
+    /// # Panics
+    /// If `block` is not in the fixed layout.
     #[must_use]
     pub fn new(block: &'a DecodedBlock) -> Self {
+        assert_eq!(block.layout, EntryLayout::Fixed, "EntryIter reads fixed-layout blocks");
         Self { rest: &block.raw, remaining: block.entry_count }
     }
 }
@@ -397,26 +477,225 @@ impl<'a> Iterator for EntryIter<'a> {
                 Err(TableFormatError::BadBlock { reason: "bytes after the last entry" })
             });
         }
-        let fail = |this: &mut Self, reason| {
-            this.remaining = 0;
-            this.rest = &[];
-            Some(Err(TableFormatError::BadBlock { reason }))
-        };
-        let Ok((header, body)) = EntryHeader::read_from_prefix(self.rest) else { return fail(self, "truncated entry") };
-        let key_len = usize::from(header.key_len.get());
-        let value_len = header.value_len.get() as usize;
-        let shape_ok = matches!(header.kind, 1 | 2) && header.reserved == 0 && key_len > 0 && key_len <= KEY_LEN_MAX;
-        if !shape_ok || (header.kind == 2 && value_len != 0) || body.len() < key_len + value_len {
-            return fail(self, "malformed entry");
+        match decode_fixed_entry(self.rest) {
+            Ok((entry, rest)) => {
+                self.rest = rest;
+                self.remaining -= 1;
+                Some(Ok(entry))
+            }
+            Err(e) => {
+                self.remaining = 0;
+                self.rest = &[];
+                Some(Err(e))
+            }
         }
-        let entry = EntryRef {
-            key: &body[..key_len],
-            version: header.version.get(),
-            value: (header.kind == 1).then(|| &body[key_len..key_len + value_len]),
+    }
+}
+
+/// Decodes the fixed-layout entry at the start of `bytes`; returns it and the bytes after it.
+fn decode_fixed_entry(bytes: &[u8]) -> Result<(EntryRef<'_>, &[u8]), TableFormatError> {
+    let malformed = |reason| TableFormatError::BadBlock { reason };
+    let (header, body) = EntryHeader::read_from_prefix(bytes).map_err(|_| malformed("truncated entry"))?;
+    let key_len = usize::from(header.key_len.get());
+    let value_len = header.value_len.get() as usize;
+    let shape_ok = matches!(header.kind, 1 | 2) && header.reserved == 0 && key_len > 0 && key_len <= KEY_LEN_MAX;
+    if !shape_ok || (header.kind == 2 && value_len != 0) || body.len() < key_len + value_len {
+        return Err(malformed("malformed entry"));
+    }
+    let entry = EntryRef {
+        key: &body[..key_len],
+        version: header.version.get(),
+        value: (header.kind == 1).then(|| &body[key_len..key_len + value_len]),
+    };
+    Ok((entry, &body[key_len + value_len..]))
+}
+
+/// Builds the raw bytes of a data block in the prefixed layout ([`EntryLayout::Prefixed`]):
+///
+/// ```text
+/// kind            u8      1 value, 2 tombstone
+/// shared          varint  leading bytes this key shares with the previous key (0 in the first entry)
+/// unshared        varint  key bytes that follow (shared + unshared = key length, 1..=266)
+/// value_len       varint  only for kind 1
+/// version_delta   varint  zigzag(version - previous entry's version), the first entry's from 0
+/// key suffix      unshared bytes
+/// value           value_len bytes
+/// ```
+///
+/// Keys strictly ascend within a block. A key shares on average all but its last few bytes
+/// with the previous one (same bucket, pkey and high bytes of `ts`), and versions written
+/// together are close, so an entry costs about 10 bytes besides its value instead of 16 plus
+/// the whole key.
+#[derive(Debug, Clone, Default)]
+pub struct BlockBuilder {
+    raw: Vec<u8>,
+    count: u32,
+    last_key: Vec<u8>,
+    last_version: Version,
+}
+
+impl BlockBuilder {
+    #[must_use]
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self { raw: Vec::with_capacity(bytes), ..Self::default() }
+    }
+
+    fn shared(&self, key: &[u8]) -> usize {
+        if self.count == 0 {
+            return 0;
+        }
+        self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+    }
+
+    /// The bytes the entry would add to the block.
+    #[must_use]
+    pub fn encoded_len(&self, key: &[u8], version: Version, value: Option<&[u8]>) -> usize {
+        let shared = self.shared(key);
+        let delta = zigzag(version.wrapping_sub(self.last_version) as i64);
+        1 + varint_len(shared as u64)
+            + varint_len((key.len() - shared) as u64)
+            + value.map_or(0, |v| varint_len(v.len() as u64) + v.len())
+            + varint_len(delta)
+            + (key.len() - shared)
+    }
+
+    /// Appends an entry; its key must be above the previous entry's.
+    ///
+    /// # Panics
+    /// If the key is empty, too long, or not above the previous key.
+    pub fn push(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
+        assert!(!key.is_empty() && key.len() <= KEY_LEN_MAX);
+        assert!(self.count == 0 || key > self.last_key.as_slice(), "block keys ascend strictly");
+        let shared = self.shared(key);
+        self.raw.push(if value.is_some() { 1 } else { 2 });
+        put_varint(&mut self.raw, shared as u64);
+        put_varint(&mut self.raw, (key.len() - shared) as u64);
+        if let Some(value) = value {
+            put_varint(&mut self.raw, value.len() as u64);
+        }
+        put_varint(&mut self.raw, zigzag(version.wrapping_sub(self.last_version) as i64));
+        self.raw.extend_from_slice(&key[shared..]);
+        self.raw.extend_from_slice(value.unwrap_or_default());
+        self.last_key.truncate(shared);
+        self.last_key.extend_from_slice(&key[shared..]);
+        self.last_version = version;
+        self.count += 1;
+    }
+
+    #[must_use]
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    #[must_use]
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Empties the builder for the next block.
+    pub fn clear(&mut self) {
+        self.raw.clear();
+        self.count = 0;
+        self.last_key.clear();
+        self.last_version = 0;
+    }
+}
+
+/// Walks a data block's entries in key order, in either layout. A prefixed block's keys are
+/// rebuilt in the walker, so each entry borrows the walker until the next call. The first
+/// malformed entry ends the walk with an error; so do keys that do not ascend.
+#[derive(Debug, Clone)]
+pub struct BlockEntries<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+    layout: EntryLayout,
+    key: [u8; KEY_LEN_MAX],
+    key_len: usize,
+    version: Version,
+}
+
+impl<'a> BlockEntries<'a> {
+    #[must_use]
+    pub fn new(block: &'a DecodedBlock) -> Self {
+        Self {
+            rest: &block.raw,
+            remaining: block.entry_count,
+            layout: block.layout,
+            key: [0; KEY_LEN_MAX],
+            key_len: 0,
+            version: 0,
+        }
+    }
+
+    /// The next entry, `None` after the last one.
+    #[expect(clippy::should_implement_trait, reason = "entries borrow the walker: not an Iterator")]
+    pub fn next(&mut self) -> Option<Result<EntryRef<'_>, TableFormatError>> {
+        if self.remaining == 0 {
+            return (!self.rest.is_empty()).then(|| {
+                self.rest = &[];
+                Err(TableFormatError::BadBlock { reason: "bytes after the last entry" })
+            });
+        }
+        let first = self.key_len == 0;
+        let step = match self.layout {
+            EntryLayout::Fixed => decode_fixed_entry(self.rest).and_then(|(entry, rest)| {
+                if !first && entry.key <= &self.key[..self.key_len] {
+                    return Err(TableFormatError::BadBlock { reason: "keys out of order" });
+                }
+                self.key[..entry.key.len()].copy_from_slice(entry.key);
+                self.key_len = entry.key.len();
+                Ok((entry.version, entry.value, rest))
+            }),
+            EntryLayout::Prefixed => self.step_prefixed(first),
         };
-        self.rest = &body[key_len + value_len..];
-        self.remaining -= 1;
-        Some(Ok(entry))
+        match step {
+            Ok((version, value, rest)) => {
+                self.rest = rest;
+                self.remaining -= 1;
+                Some(Ok(EntryRef { key: &self.key[..self.key_len], version, value }))
+            }
+            Err(e) => {
+                self.remaining = 0;
+                self.rest = &[];
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Decodes the prefixed entry at the start of `rest` into the key buffer.
+    #[expect(clippy::type_complexity, reason = "one private step")]
+    fn step_prefixed(&mut self, first: bool) -> Result<(Version, Option<&'a [u8]>, &'a [u8]), TableFormatError> {
+        let malformed = |reason| TableFormatError::BadBlock { reason };
+        let rest: &'a [u8] = self.rest;
+        let (&kind, rest) = rest.split_first().ok_or(malformed("truncated entry"))?;
+        let (shared, rest) = get_varint(rest).ok_or(malformed("truncated or overlong varint"))?;
+        let (unshared, rest) = get_varint(rest).ok_or(malformed("truncated or overlong varint"))?;
+        let (value_len, rest) = match kind {
+            1 => get_varint(rest).ok_or(malformed("truncated or overlong varint"))?,
+            2 => (0, rest),
+            _ => return Err(malformed("malformed entry")),
+        };
+        let (delta, rest) = get_varint(rest).ok_or(malformed("truncated or overlong varint"))?;
+        let (shared, unshared) = (shared as usize, unshared as usize);
+        if shared > self.key_len {
+            return Err(malformed("an entry shares more key bytes than the previous key has"));
+        }
+        let key_len = shared.checked_add(unshared).filter(|&n| (1..=KEY_LEN_MAX).contains(&n));
+        let Some(key_len) = key_len else { return Err(malformed("malformed entry")) };
+        let value_len = usize::try_from(value_len).map_err(|_| malformed("malformed entry"))?;
+        if rest.len() < unshared || rest.len() - unshared < value_len {
+            return Err(malformed("truncated entry"));
+        }
+        let (suffix, rest) = rest.split_at(unshared);
+        // Above the previous key: its shared part is equal, so compare the rest.
+        if !first && suffix <= &self.key[shared..self.key_len] {
+            return Err(malformed("keys out of order"));
+        }
+        self.key[shared..key_len].copy_from_slice(suffix);
+        self.key_len = key_len;
+        self.version = self.version.wrapping_add(unzigzag(delta) as u64);
+        let (value, rest) = rest.split_at(value_len);
+        Ok((self.version, (kind == 1).then_some(value), rest))
     }
 }
 
@@ -558,54 +837,214 @@ impl Bloom {
 mod tests {
     use super::*;
 
-    fn data_raw() -> (Vec<u8>, u32) {
-        let mut raw = Vec::new();
+    /// 40 entries of one pkey (every seventh a tombstone), in the given layout.
+    fn data_raw(layout: EntryLayout) -> (Vec<u8>, u32) {
+        let mut fixed = Vec::new();
+        let mut prefixed = BlockBuilder::default();
         for i in 0..40u64 {
             let key = crate::key::encode_key(b"user", i).unwrap();
             let value = if i % 7 == 0 { None } else { Some(vec![i as u8; 90]) };
-            push_entry(&mut raw, &key, 1000 + i, value.as_deref());
+            push_entry(&mut fixed, &key, 1000 + i, value.as_deref());
+            prefixed.push(&key, 1000 + i, value.as_deref());
         }
-        (raw, 40)
+        match layout {
+            EntryLayout::Fixed => (fixed, 40),
+            EntryLayout::Prefixed => (prefixed.raw().to_vec(), prefixed.count()),
+        }
     }
 
-    #[test]
-    fn data_block_round_trips_raw_and_lz4() {
-        let (raw, n) = data_raw();
-        for compression in [Compression::None, Compression::Lz4] {
-            let bytes = encode_block(9, 8192, BlockKind::Data, compression, &raw, n);
-            assert_eq!(bytes.len() % BLOCK_SIZE, 0);
-            let block = decode_block(&bytes, 9, 8192, BlockKind::Data).unwrap();
-            let entries: Vec<_> = EntryIter::new(&block).collect::<Result<_, _>>().unwrap();
-            assert_eq!(entries.len(), 40);
-            assert_eq!(entries[0].value, None);
-            assert_eq!(entries[1].value, Some(&[1u8; 90][..]));
-            assert_eq!(entries[39].version, 1039);
+    type Owned = (Vec<u8>, Version, Option<Vec<u8>>);
+
+    fn walk(block: &DecodedBlock) -> Result<Vec<Owned>, TableFormatError> {
+        let mut out = Vec::new();
+        let mut entries = BlockEntries::new(block);
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            out.push((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec)));
         }
-        let lz4 = encode_block(9, 0, BlockKind::Data, Compression::Lz4, &raw, n);
+        Ok(out)
+    }
+
+    const LAYOUTS: [EntryLayout; 2] = [EntryLayout::Fixed, EntryLayout::Prefixed];
+
+    #[test]
+    fn data_block_round_trips_raw_and_lz4_in_both_layouts() {
+        for layout in LAYOUTS {
+            let (raw, n) = data_raw(layout);
+            for compression in [Compression::None, Compression::Lz4] {
+                let bytes = encode_block(9, 8192, BlockKind::Data, compression, layout, &raw, n);
+                assert_eq!(bytes.len() % BLOCK_SIZE, 0);
+                let block = decode_block(&bytes, 9, 8192, BlockKind::Data).unwrap();
+                assert_eq!(block.layout, layout);
+                let entries = walk(&block).unwrap();
+                assert_eq!(entries.len(), 40);
+                assert_eq!(entries[0].2, None);
+                assert_eq!(entries[1].2.as_deref(), Some(&[1u8; 90][..]));
+                assert_eq!(entries[39].0, crate::key::encode_key(b"user", 39).unwrap());
+                assert_eq!(entries[39].1, 1039);
+            }
+        }
+        let (raw, n) = data_raw(EntryLayout::Fixed);
+        let lz4 = encode_block(9, 0, BlockKind::Data, Compression::Lz4, EntryLayout::Fixed, &raw, n);
         assert_eq!(lz4[5], Compression::Lz4 as u8, "repetitive values compress");
+        let (prefixed, _) = data_raw(EntryLayout::Prefixed);
+        // 40 entries of 15-byte keys: 16 + 15 bytes each besides the value when fixed, under 9
+        // when prefixed (the pkey and the high bytes of ts are shared).
+        assert!(prefixed.len() + 40 * 22 < raw.len(), "prefixed {} bytes, fixed {}", prefixed.len(), raw.len());
     }
 
     #[test]
     fn data_block_detects_every_single_bit_flip() {
-        let (raw, n) = data_raw();
-        for compression in [Compression::None, Compression::Lz4] {
-            let bytes = encode_block(9, 4096, BlockKind::Data, compression, &raw, n);
-            let covered = peek_block_len(&bytes).unwrap();
-            for bit in 0..covered * 8 {
-                let mut bad = bytes.clone();
-                bad[bit / 8] ^= 1 << (bit % 8);
-                assert!(
-                    decode_block(&bad, 9, 4096, BlockKind::Data).is_err(),
-                    "{compression:?}: flip of bit {bit} went unnoticed"
-                );
+        for layout in LAYOUTS {
+            let (raw, n) = data_raw(layout);
+            for compression in [Compression::None, Compression::Lz4] {
+                let bytes = encode_block(9, 4096, BlockKind::Data, compression, layout, &raw, n);
+                let covered = peek_block_len(&bytes).unwrap();
+                for bit in 0..covered * 8 {
+                    let mut bad = bytes.clone();
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                    assert!(
+                        decode_block(&bad, 9, 4096, BlockKind::Data).is_err(),
+                        "{layout:?} {compression:?}: flip of bit {bit} went unnoticed"
+                    );
+                }
             }
         }
     }
 
     #[test]
+    fn only_data_blocks_may_be_prefixed() {
+        let (raw, n) = data_raw(EntryLayout::Prefixed);
+        let mut bytes = encode_block(9, 4096, BlockKind::Data, Compression::None, EntryLayout::Prefixed, &raw, n);
+        bytes[4] = BlockKind::Index as u8;
+        let header = BlockHeader::read_from_prefix(&bytes).unwrap().0;
+        let crc = block_crc(9, 4096, &header, &bytes[BLOCK_HEADER_SIZE..peek_block_len(&bytes).unwrap()]);
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_block(&bytes, 9, 4096, BlockKind::Index),
+            Err(TableFormatError::BadBlock { reason: "unknown entry layout" })
+        );
+    }
+
+    /// SplitMix64, replayable from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn seed() -> u64 {
+        let seed = match std::env::var("STRATA_TABLE_SEED") {
+            Ok(text) => text.parse().expect("STRATA_TABLE_SEED should be a u64"),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("the clock should be after 1970")
+                .as_nanos() as u64,
+        };
+        println!("table seed {seed} (replay with STRATA_TABLE_SEED={seed})");
+        seed
+    }
+
+    /// Random sorted keys (pkeys of 1..=255 bytes sharing prefixes, ts near and far apart),
+    /// random versions (close and far, up and down) and values (tombstones, empty, large):
+    /// every block decodes to exactly what went in, and the builder's predicted length is the
+    /// length it writes.
+    #[test]
+    fn prefixed_blocks_round_trip_random_entries() {
+        let mut rng = Rng(seed());
+        for round in 0..300 {
+            let mut keys = std::collections::BTreeSet::new();
+            let pkeys: Vec<Vec<u8>> = (0..1 + rng.below(6))
+                .map(|_| {
+                    let len = if rng.below(4) == 0 { 255 } else { 1 + rng.below(12) } as usize;
+                    (0..len).map(|_| b"ab\0\xff"[rng.below(4) as usize]).collect()
+                })
+                .collect();
+            for _ in 0..1 + rng.below(60) {
+                let pkey = &pkeys[rng.below(pkeys.len() as u64) as usize];
+                let ts = match rng.below(3) {
+                    0 => rng.below(100),
+                    1 => 1_700_000_000_000_000 + rng.below(1 << 30),
+                    _ => rng.next(),
+                };
+                keys.insert(crate::key::encode_key(pkey, ts).unwrap());
+            }
+            let mut builder = BlockBuilder::default();
+            let mut expected = Vec::new();
+            for key in keys {
+                let version = match rng.below(3) {
+                    0 => rng.next(),
+                    _ => 1_700_000_000_000_000 + rng.below(1 << 24),
+                };
+                let value = match rng.below(5) {
+                    0 => None,
+                    1 => Some(Vec::new()),
+                    2 => Some(vec![rng.next() as u8; rng.below(70_000) as usize]),
+                    _ => Some((0..rng.below(200)).map(|_| rng.next() as u8).collect()),
+                };
+                let before = builder.raw().len();
+                let predicted = builder.encoded_len(&key, version, value.as_deref());
+                builder.push(&key, version, value.as_deref());
+                assert_eq!(builder.raw().len() - before, predicted, "round {round}: predicted length");
+                expected.push((key, version, value));
+            }
+            let block = DecodedBlock {
+                raw: builder.raw().to_vec(),
+                entry_count: builder.count(),
+                layout: EntryLayout::Prefixed,
+            };
+            assert_eq!(walk(&block).unwrap(), expected, "round {round}");
+        }
+    }
+
+    /// Whatever bytes a prefixed block holds, the walk ends (with an error or not) without
+    /// panicking, and keys it yields ascend.
+    #[test]
+    fn prefixed_walk_survives_garbage_and_refuses_disorder() {
+        let mut rng = Rng(seed());
+        let (raw, n) = data_raw(EntryLayout::Prefixed);
+        for _ in 0..20_000 {
+            let mut bad = raw.clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(bad.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => bad[at] = rng.next() as u8,
+                    1 => bad.truncate(at),
+                    _ => bad.insert(at, rng.next() as u8),
+                }
+                if bad.is_empty() {
+                    break;
+                }
+            }
+            let block = DecodedBlock { raw: bad, entry_count: n, layout: EntryLayout::Prefixed };
+            let mut entries = BlockEntries::new(&block);
+            let mut last: Option<Vec<u8>> = None;
+            while let Some(Ok(entry)) = entries.next() {
+                assert!(last.as_deref().is_none_or(|l| l < entry.key), "keys ascend");
+                last = Some(entry.key.to_vec());
+            }
+        }
+        // Two entries whose second key sorts below the first.
+        let mut raw = vec![1, 0, 2, 0, 2, b'b', b'b'];
+        raw.extend_from_slice(&[1, 0, 1, 0, 0, b'a']);
+        let block = DecodedBlock { raw, entry_count: 2, layout: EntryLayout::Prefixed };
+        assert_eq!(walk(&block), Err(TableFormatError::BadBlock { reason: "keys out of order" }));
+    }
+
+    #[test]
     fn block_is_bound_to_its_table_and_offset() {
-        let (raw, n) = data_raw();
-        let bytes = encode_block(9, 4096, BlockKind::Data, Compression::None, &raw, n);
+        let (raw, n) = data_raw(EntryLayout::Prefixed);
+        let bytes = encode_block(9, 4096, BlockKind::Data, Compression::None, EntryLayout::Prefixed, &raw, n);
         assert!(decode_block(&bytes, 10, 4096, BlockKind::Data).is_err());
         assert!(decode_block(&bytes, 9, 8192, BlockKind::Data).is_err());
         assert!(matches!(decode_block(&bytes, 9, 4096, BlockKind::Index), Err(TableFormatError::WrongKind { .. })));
@@ -621,14 +1060,43 @@ mod tests {
             filter_offset: 69632,
             filter_len: 8192,
             entry_count: 1234,
+            ts_min: 1_700_000_000_000_000,
+            ts_max: u64::MAX,
         };
         let block = TableFooter::encode_block(&info);
         assert_eq!(TableFooter::decode(&block), Ok(info));
-        for bit in (BLOCK_SIZE - FOOTER_SIZE) * 8..BLOCK_SIZE * 8 {
+        for bit in (BLOCK_SIZE - FOOTER_SIZE - STATS_SIZE) * 8..BLOCK_SIZE * 8 {
             let mut bad = block.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(TableFooter::decode(&bad).is_err(), "flip of bit {bit} went unnoticed");
         }
+    }
+
+    #[test]
+    fn format1_footer_reads_as_holding_any_ts() {
+        let mut footer = TableFooter {
+            magic: TABLE_MAGIC.into(),
+            format_version: 1.into(),
+            reserved0: 0.into(),
+            table_id: 5.into(),
+            window: 7.into(),
+            index_offset: 4096.into(),
+            index_len: 4096.into(),
+            filter_len: 4096.into(),
+            filter_offset: 8192.into(),
+            entry_count: 3.into(),
+            stats_crc: 0.into(),
+            crc: 0.into(),
+        };
+        footer.crc = crc32c(&footer.as_bytes()[..60]).into();
+        let mut block = vec![0u8; BLOCK_SIZE];
+        block[BLOCK_SIZE - FOOTER_SIZE..].copy_from_slice(footer.as_bytes());
+        let info = TableFooter::decode(&block).unwrap();
+        assert_eq!((info.table_id, info.ts_min, info.ts_max), (5, 0, u64::MAX));
+        footer.format_version = 3.into();
+        footer.crc = crc32c(&footer.as_bytes()[..60]).into();
+        block[BLOCK_SIZE - FOOTER_SIZE..].copy_from_slice(footer.as_bytes());
+        assert_eq!(TableFooter::decode(&block), Err(TableFormatError::BadFormatVersion { found: 3 }));
     }
 
     #[test]
@@ -638,7 +1106,7 @@ mod tests {
             IndexEntry { last_key: b"d".to_vec(), offset: 4096, len: 8192 },
         ];
         let raw = encode_index(&entries);
-        let bytes = encode_block(3, 12288, BlockKind::Index, Compression::None, &raw, 2);
+        let bytes = encode_block(3, 12288, BlockKind::Index, Compression::None, EntryLayout::Fixed, &raw, 2);
         let block = decode_block(&bytes, 3, 12288, BlockKind::Index).unwrap();
         assert_eq!(decode_index(&block).unwrap(), entries);
     }
@@ -653,7 +1121,7 @@ mod tests {
         let false_positives = (10_000..110_000u64).filter(|i| bloom.may_contain(&i.to_le_bytes())).count();
         assert!(false_positives < 2_000, "{false_positives} false positives in 100k (expected about 1%)");
         let raw = bloom.encode();
-        let block = DecodedBlock { raw, entry_count: 0 };
+        let block = DecodedBlock { raw, entry_count: 0, layout: EntryLayout::Fixed };
         assert_eq!(Bloom::decode(&block).unwrap(), bloom);
     }
 }

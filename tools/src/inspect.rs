@@ -240,7 +240,7 @@ fn read_reporting(path: &Path) -> Option<Vec<u8>> {
 
 /// Decodes a table: footer, index, filter, then every data block's checksum and entries.
 fn inspect_table(path: &Path, json: bool) -> i32 {
-    use strata_format::table::{BlockKind, EntryIter, TableFooter, decode_block, decode_index, peek_block_len};
+    use strata_format::table::{BlockEntries, BlockKind, TableFooter, decode_block, decode_index, peek_block_len};
     let Some(bytes) = read_reporting(path) else { return 1 };
     let mut damage: Vec<String> = Vec::new();
     let (mut blocks, mut entries) = (0u64, 0u64);
@@ -283,7 +283,8 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
                         match decoded {
                             Ok(block) => {
                                 blocks += 1;
-                                for e in EntryIter::new(&block) {
+                                let mut walk = BlockEntries::new(&block);
+                                while let Some(e) = walk.next() {
                                     match e {
                                         Ok(e) => {
                                             entries += 1;

@@ -12,8 +12,8 @@ use std::rc::Rc;
 use strata_format::BLOCK_SIZE;
 use strata_format::manifest::TableMeta;
 use strata_format::table::{
-    BlockKind, Bloom, Compression, DecodedBlock, EntryIter, FooterInfo, IndexEntry, TableFooter, TableFormatError,
-    decode_block, decode_index, encode_block, encode_index, push_entry,
+    BlockBuilder, BlockEntries, BlockKind, Bloom, Compression, DecodedBlock, EntryLayout, FooterInfo, IndexEntry,
+    TableFooter, TableFormatError, decode_block, decode_index, encode_block, encode_index,
 };
 use strata_format::version::Version;
 use strata_ioengine::{Disk, DiskError, DiskFile};
@@ -84,11 +84,12 @@ pub struct TableWriter<F> {
     format: BlockFormat,
     out: Vec<u8>,
     written: u64,
-    raw: Vec<u8>,
-    raw_count: u32,
+    block: BlockBuilder,
     last_key: Vec<u8>,
     index: Vec<IndexEntry>,
     hashes: Vec<u64>,
+    /// The lowest and highest ts of the keys added (or filtered, for a link table).
+    ts_bounds: (u64, u64),
     meta: TableMeta,
 }
 
@@ -106,11 +107,11 @@ impl<F: DiskFile> TableWriter<F> {
             format,
             out: Vec::with_capacity(WRITE_CHUNK_BYTES + 2 * BLOCK_SIZE),
             written: 0,
-            raw: Vec::with_capacity(format.block_bytes + 4096),
-            raw_count: 0,
+            block: BlockBuilder::with_capacity(format.block_bytes + 4096),
             last_key: Vec::new(),
             index: Vec::new(),
             hashes: Vec::new(),
+            ts_bounds: (u64::MAX, 0),
             meta: TableMeta {
                 table_id,
                 window,
@@ -128,7 +129,7 @@ impl<F: DiskFile> TableWriter<F> {
     /// Bytes the table will take so far (written, buffered, and the open block).
     #[must_use]
     pub fn bytes(&self) -> u64 {
-        self.written + self.out.len() as u64 + self.raw.len() as u64
+        self.written + self.out.len() as u64 + self.block.raw().len() as u64
     }
 
     /// Bytes already handed to the disk.
@@ -149,13 +150,13 @@ impl<F: DiskFile> TableWriter<F> {
             offset,
             BlockKind::Data,
             self.format.compression,
-            &self.raw,
-            self.raw_count,
+            EntryLayout::Prefixed,
+            self.block.raw(),
+            self.block.count(),
         );
         self.index.push(IndexEntry { last_key: self.last_key.clone(), offset, len: block.len() as u32 });
         self.out.extend_from_slice(&block);
-        self.raw.clear();
-        self.raw_count = 0;
+        self.block.clear();
     }
 
     async fn write_out(&mut self) -> Result<(), DiskError> {
@@ -170,8 +171,8 @@ impl<F: DiskFile> TableWriter<F> {
         assert!(self.meta.entry_count == 0 || key > self.last_key.as_slice(), "table entries are sorted and unique");
         // Close the block before an entry that would overflow it, so a block of a 4 KiB format
         // is read with exactly one aligned 4 KiB read.
-        let entry_len = strata_format::table::ENTRY_HEADER_SIZE + key.len() + value.map_or(0, <[u8]>::len);
-        if self.raw_count > 0 && self.raw.len() + entry_len > self.format.block_bytes {
+        let entry_len = self.block.encoded_len(key, version, value);
+        if self.block.count() > 0 && self.block.raw().len() + entry_len > self.format.block_bytes {
             self.close_block();
             if self.out.len() >= WRITE_CHUNK_BYTES {
                 self.write_out().await?;
@@ -180,8 +181,8 @@ impl<F: DiskFile> TableWriter<F> {
         if self.meta.entry_count == 0 {
             self.meta.key_min = key.to_vec();
         }
-        push_entry(&mut self.raw, key, version, value);
-        self.raw_count += 1;
+        self.block.push(key, version, value);
+        self.widen_ts_bounds(key);
         self.meta.entry_count += 1;
         self.meta.version_max = self.meta.version_max.max(version);
         self.hashes.push(Bloom::hash(key));
@@ -201,6 +202,7 @@ impl<F: DiskFile> TableWriter<F> {
     pub fn add_to_filter<K: AsRef<[u8]>>(&mut self, keys: &[K]) {
         let mut previous: Option<&[u8]> = None;
         for key in keys.iter().map(AsRef::as_ref) {
+            self.widen_ts_bounds(key);
             self.hashes.push(Bloom::hash(key));
             let prefix = pkey_prefix(key);
             if previous != Some(prefix) {
@@ -210,10 +212,15 @@ impl<F: DiskFile> TableWriter<F> {
         }
     }
 
+    fn widen_ts_bounds(&mut self, key: &[u8]) {
+        let ts = super::ts_of_key(key);
+        self.ts_bounds = (self.ts_bounds.0.min(ts), self.ts_bounds.1.max(ts));
+    }
+
     /// Writes the last block, index, filter and footer, and syncs the file.
     pub async fn finish(mut self) -> Result<TableMeta, DiskError> {
         assert!(self.meta.entry_count > 0, "a table holds at least one entry");
-        if self.raw_count > 0 {
+        if self.block.count() > 0 {
             self.close_block();
         }
         self.meta.key_max = self.last_key.clone();
@@ -225,6 +232,7 @@ impl<F: DiskFile> TableWriter<F> {
             index_offset,
             BlockKind::Index,
             Compression::None,
+            EntryLayout::Fixed,
             &index_raw,
             self.index.len() as u32,
         );
@@ -234,8 +242,15 @@ impl<F: DiskFile> TableWriter<F> {
             bloom.insert_hash(*h);
         }
         let filter_offset = self.written + self.out.len() as u64;
-        let filter_block =
-            encode_block(table_id, filter_offset, BlockKind::Filter, Compression::None, &bloom.encode(), 0);
+        let filter_block = encode_block(
+            table_id,
+            filter_offset,
+            BlockKind::Filter,
+            Compression::None,
+            EntryLayout::Fixed,
+            &bloom.encode(),
+            0,
+        );
         self.out.extend_from_slice(&filter_block);
         self.out.extend_from_slice(&TableFooter::encode_block(&FooterInfo {
             table_id,
@@ -245,6 +260,8 @@ impl<F: DiskFile> TableWriter<F> {
             filter_offset,
             filter_len: filter_block.len() as u32,
             entry_count: self.meta.entry_count,
+            ts_min: self.ts_bounds.0,
+            ts_max: self.ts_bounds.1,
         }));
         self.write_out().await?;
         self.file.fdatasync().await?;
@@ -262,6 +279,8 @@ pub struct Table<F> {
     file: F,
     index: Vec<IndexEntry>,
     bloom: Bloom,
+    /// No key of the table (or of the cold blocks it links to) has a ts outside these bounds.
+    ts_bounds: (u64, u64),
 }
 
 impl<F: DiskFile> Table<F> {
@@ -298,7 +317,14 @@ impl<F: DiskFile> Table<F> {
         if index.last().is_some_and(|e| e.last_key != meta.key_max) {
             return Err(corrupted(footer.index_offset, "index does not end at the table's last key".into()));
         }
-        Ok(Self { meta, cold: None, file, index, bloom })
+        Ok(Self { meta, cold: None, file, index, bloom, ts_bounds: (footer.ts_min, footer.ts_max) })
+    }
+
+    /// The highest ts of any key the table holds or links to (`u64::MAX` for a format-1 table,
+    /// which does not record it).
+    #[must_use]
+    pub fn ts_max(&self) -> u64 {
+        self.ts_bounds.1
     }
 
     /// The table's file.
@@ -376,10 +402,10 @@ impl<F: DiskFile> Table<F> {
             return Ok(None);
         }
         let block = self.block(i, cache).await?;
-        Ok(self
-            .first_at_or_after(i, &block, key)?
-            .filter(|entry| entry.key == key)
-            .map(|entry| (entry.version, entry.value.map(<[u8]>::to_vec))))
+        let found = self.first_at_or_after(i, &block, key, |entry| {
+            (entry.key == key).then(|| (entry.version, entry.value.map(<[u8]>::to_vec)))
+        })?;
+        Ok(found.flatten())
     }
 
     /// The first entry with a key at or above `key`, if any (no filter: a link table's keys
@@ -395,23 +421,28 @@ impl<F: DiskFile> Table<F> {
             return Ok(None);
         }
         let block = self.block(i, cache).await?;
-        match self.first_at_or_after(i, &block, key)? {
-            Some(entry) => Ok(Some((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec)))),
+        let found = self.first_at_or_after(i, &block, key, |entry| {
+            (entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec))
+        })?;
+        match found {
+            Some(entry) => Ok(Some(entry)),
             None => Err(self.corrupted(self.index[i].offset, "a block ends below the last key its index names".into())),
         }
     }
 
-    /// The first entry of data block `i` (`block`) with a key at or above `key`.
-    fn first_at_or_after<'b>(
+    /// `take` of the first entry of data block `i` (`block`) with a key at or above `key`.
+    fn first_at_or_after<T>(
         &self,
         i: usize,
-        block: &'b DecodedBlock,
+        block: &DecodedBlock,
         key: &[u8],
-    ) -> Result<Option<strata_format::table::EntryRef<'b>>, TableError> {
-        for entry in EntryIter::new(block) {
+        take: impl FnOnce(strata_format::table::EntryRef<'_>) -> T,
+    ) -> Result<Option<T>, TableError> {
+        let mut entries = BlockEntries::new(block);
+        while let Some(entry) = entries.next() {
             let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
             if entry.key >= key {
-                return Ok(Some(entry));
+                return Ok(Some(take(entry)));
             }
         }
         Ok(None)
@@ -431,7 +462,8 @@ impl<F: DiskFile> Table<F> {
         let mut i = self.block_for(from);
         while i < self.index.len() {
             let block = self.block(i, cache).await?;
-            for entry in EntryIter::new(&block) {
+            let mut entries = BlockEntries::new(&block);
+            while let Some(entry) = entries.next() {
                 let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
                 if entry.key > to {
                     return Ok(out);
@@ -463,7 +495,8 @@ impl<F: DiskFile> Table<F> {
             let block = self.block(i, cache).await?;
             let mut in_range = Vec::new();
             let mut reaches_below_from = false;
-            for entry in EntryIter::new(&block) {
+            let mut entries = BlockEntries::new(&block);
+            while let Some(entry) = entries.next() {
                 let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
                 if entry.key < from {
                     reaches_below_from = true;
@@ -554,7 +587,8 @@ impl<F: DiskFile> TableCursor<F> {
             self.next_block += 1;
             let block = self.table.block_uncached(i).await?;
             self.bytes_read += u64::from(self.table.index[i].len);
-            for entry in EntryIter::new(&block) {
+            let mut entries = BlockEntries::new(&block);
+            while let Some(entry) = entries.next() {
                 let entry = entry.map_err(|e| self.table.corrupted(self.table.index[i].offset, e.to_string()))?;
                 self.entries.push_back((entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec)));
             }

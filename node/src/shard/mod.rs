@@ -38,7 +38,7 @@ use strata_format::key::{TS_TIMELESS, Timestamp, encode_key_into, validate_pkey}
 use strata_format::table::Compression;
 use strata_format::version::{VERSION_LEASE_SPAN, Version, VersionClock};
 use strata_format::wal::{
-    BATCH_HEADER_SIZE, BatchEncoder, BatchPlace, RECORD_HEADER_SIZE, RecordKind, SegmentInfo, decode_batch,
+    BATCH_HEADER_SIZE, BatchEncoder, BatchPlace, RECORD_HEADER_MAX, RecordKind, SegmentInfo, decode_batch,
 };
 use strata_format::{BLOCK_SIZE, align_up_block};
 use strata_ioengine::{Clock, DirLock, Disk, DiskError, DiskFile, SimRng, Trace, TraceOp};
@@ -154,7 +154,7 @@ impl ShardOptions {
                 4 * block
             ));
         }
-        let largest_record = align_up_block(BATCH_HEADER_SIZE + RECORD_HEADER_SIZE + 255 + self.value_bytes_max);
+        let largest_record = align_up_block(BATCH_HEADER_SIZE + RECORD_HEADER_MAX + 255 + self.value_bytes_max);
         if self.batch_bytes_max < largest_record {
             return bad(format!(
                 "batch limit {} cannot hold one largest record ({largest_record} bytes)",

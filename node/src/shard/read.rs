@@ -183,6 +183,12 @@ impl<D: Disk, C: Clock> Shard<D, C> {
     /// as needed: a table cut off after `n` entries may still hold, below its cut-off, newer
     /// versions (tombstones) of older keys, so only keys at or above the highest cut-off are
     /// trusted, and the read widens until `want` trusted entries are found or nothing was cut.
+    ///
+    /// Tables are probed in order of their highest ts, newest first, and only as many as the page
+    /// needs: a table holds no key above its `ts_max`, so it can neither add nor shadow entries
+    /// above it. Once `want` entries lie above the next table's `ts_max`, the page is complete.
+    /// Time-ordered ingest leaves a window's tables holding successive spans of time, so a page of
+    /// recent entries reads the newest few tables, not all of them.
     #[allow(clippy::too_many_arguments, reason = "one window's inputs, gathered by scan")]
     async fn window_newest(
         &self,
@@ -194,29 +200,41 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         ranges: &[RangeTombstone],
         want: usize,
     ) -> Result<Vec<ScanEntry>, ReadError> {
+        let mut tables = tables.to_vec();
+        tables.sort_by_key(|t| std::cmp::Reverse(t.ts_max()));
         let mut n = want.max(16);
+        // What each table probed so far gave for `n`, in `tables` order.
+        let mut got: Vec<TableEntries> = Vec::new();
         loop {
             let mut merged = in_memory.clone();
             let mut cutoff: Option<Vec<u8>> = None;
-            for table in tables {
-                let got = self.table_range_newest(table, from, to, n).await?;
-                if got.len() == n {
-                    let oldest = got.last().expect("n > 0 entries").0.clone();
-                    if cutoff.as_ref().is_none_or(|c| oldest > *c) {
-                        cutoff = Some(oldest);
+            for entries in &got {
+                if entries.len() == n {
+                    let oldest = &entries.last().expect("n > 0 entries").0;
+                    if cutoff.as_ref().is_none_or(|c| oldest > c) {
+                        cutoff = Some(oldest.clone());
                     }
                 }
-                for (key, version, value) in got {
-                    merge_in(&mut merged, key, version, value);
+                for (key, version, value) in entries {
+                    merge_in(&mut merged, key.clone(), *version, value.clone());
                 }
             }
             let mut live: Vec<ScanEntry> = live_entries(merged, pkey, ranges, cutoff.as_deref()).collect();
             live.reverse();
+            if let Some(next) = tables.get(got.len()) {
+                if live.iter().take_while(|e| e.ts > next.ts_max()).count() >= want {
+                    live.truncate(want);
+                    return Ok(live);
+                }
+                got.push(self.table_range_newest(next, from, to, n).await?);
+                continue;
+            }
             if live.len() >= want || cutoff.is_none() {
                 live.truncate(want);
                 return Ok(live);
             }
             n = n.saturating_mul(4);
+            got.clear();
         }
     }
 
