@@ -23,6 +23,8 @@ pub struct Args {
     pub inflight: usize,
     pub seconds: f64,
     pub memory_budget_bytes: usize,
+    /// Puts each loading writer sends together (an MPUT's worth).
+    pub ingest_batch: usize,
     pub db_bench: bool,
 }
 
@@ -41,6 +43,7 @@ pub struct Report {
     pub inflight: usize,
     pub seconds: f64,
     pub memory_budget_bytes: usize,
+    pub ingest_batch: usize,
     pub dataset_bytes_on_disk: u64,
     pub dataset_to_budget: f64,
     pub tables: usize,
@@ -78,9 +81,16 @@ pub struct Report {
     pub ratio_to_db_bench: Option<f64>,
 }
 
-/// The key of entry `i`: 100 entries per pkey, timestamps an hour apart in the recent past.
-fn key_of(i: u64, base_ts: u64) -> (Vec<u8>, u64) {
-    (format!("user{:010}", i / 100).into_bytes(), base_ts + (i % 100) * 3_600_000_000 / 100 + i / 100)
+/// The key of entry `i` of `entries`: 100 entries per pkey, 36 s apart over an hour in the
+/// recent past, in time order: entries `0..pkeys` are every pkey's first point, the next
+/// `pkeys` every pkey's second, and so on, as a time-series ingest writes them.
+fn key_of(i: u64, entries: u64, base_ts: u64) -> (Vec<u8>, u64) {
+    let pkeys = pkey_count(entries);
+    (format!("user{:010}", i % pkeys).into_bytes(), base_ts + (i / pkeys) * 36_000_000)
+}
+
+fn pkey_count(entries: u64) -> u64 {
+    entries.div_ceil(100)
 }
 
 fn options(dir: &Path, budget: usize) -> ShardOptions {
@@ -172,6 +182,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         inflight: args.inflight,
         seconds: m.elapsed.as_secs_f64(),
         memory_budget_bytes: args.memory_budget_bytes,
+        ingest_batch: args.ingest_batch,
         dataset_bytes_on_disk: m.table_bytes,
         dataset_to_budget: m.table_bytes as f64 / args.memory_budget_bytes as f64,
         tables: m.tables,
@@ -196,10 +207,13 @@ pub fn run(args: &Args) -> Result<Report, String> {
     })
 }
 
+/// Loads `entries` entries from 50 writers; each sends `batch` puts together and waits for all of
+/// them (they join one group commit), as a client sending MPUTs of `batch` entries would.
 async fn load(
     shard: &Shard<UringDisk, SystemClock>,
     entries: u64,
     value_bytes: usize,
+    batch: usize,
     base_ts: u64,
 ) -> Result<f64, String> {
     let next = Rc::new(Cell::new(0u64));
@@ -208,22 +222,18 @@ async fn load(
     for _ in 0..50 {
         let (shard, next) = (shard.clone(), next.clone());
         writers.push(spawn_local(async move {
-            let mut value = vec![0u8; value_bytes];
             loop {
-                let i = next.get();
-                if i >= entries {
-                    return Ok(());
+                let first = next.get();
+                if first >= entries {
+                    return Ok::<(), String>(());
                 }
-                next.set(i + 1);
-                let (pkey, ts) = key_of(i, base_ts);
-                value[..8].copy_from_slice(&i.to_le_bytes());
-                loop {
-                    match shard.put(&pkey, ts, &value).await {
-                        Ok(_) => break,
-                        // The memtable is at its budget while a flush runs: wait for it.
-                        Err(strata_node::WriteError::MemoryBudget { .. }) => sleep(Duration::from_millis(2)).await,
-                        Err(e) => return Err(format!("load failed: {e}")),
-                    }
+                let end = (first + batch as u64).min(entries);
+                next.set(end);
+                let puts: Vec<_> = (first..end)
+                    .map(|i| spawn_local(put_entry(shard.clone(), i, entries, value_bytes, base_ts)))
+                    .collect();
+                for put in puts {
+                    put.await?;
                 }
             }
         }));
@@ -234,6 +244,26 @@ async fn load(
     Ok(entries as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Puts entry `i`, waiting out a memtable at its budget while a flush runs.
+async fn put_entry(
+    shard: Shard<UringDisk, SystemClock>,
+    i: u64,
+    entries: u64,
+    value_bytes: usize,
+    base_ts: u64,
+) -> Result<(), String> {
+    let (pkey, ts) = key_of(i, entries, base_ts);
+    let mut value = vec![0u8; value_bytes];
+    value[..8].copy_from_slice(&i.to_le_bytes());
+    loop {
+        match shard.put(&pkey, ts, &value).await {
+            Ok(_) => return Ok(()),
+            Err(strata_node::WriteError::MemoryBudget { .. }) => sleep(Duration::from_millis(2)).await,
+            Err(e) => return Err(format!("load failed: {e}")),
+        }
+    }
+}
+
 async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result<Measured, String> {
     let (shard, _) = Shard::open(UringDisk, SystemClock, options(&dir, args.memory_budget_bytes))
         .await
@@ -242,7 +272,7 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
     spawn_detached(Priority::Background, shard.maintenance());
     let base_ts = SystemClock.now_us() - 2 * 86_400_000_000;
     let load_before = stat_file.as_deref().and_then(devstat::read);
-    let load_puts_per_s = load(&shard, args.entries, args.value_bytes, base_ts).await?;
+    let load_puts_per_s = load(&shard, args.entries, args.value_bytes, args.ingest_batch, base_ts).await?;
     shard.flush_now();
     while !shard.maintenance_idle() {
         sleep(Duration::from_millis(20)).await;
@@ -265,7 +295,7 @@ async fn measure(dir: PathBuf, args: Args, stat_file: Option<PathBuf>) -> Result
             let mut rng = SimRng::new(0x5eed + r as u64);
             while running.get() {
                 let i = rng.below(entries);
-                let (pkey, ts) = key_of(i, base_ts);
+                let (pkey, ts) = key_of(i, entries, base_ts);
                 let start = Instant::now();
                 let found = shard.get(&pkey, ts).await.map_err(|e| format!("get failed: {e}"))?;
                 match found {
@@ -329,7 +359,7 @@ async fn scan_pages(
     shard: &Shard<UringDisk, SystemClock>,
     args: &Args,
 ) -> Result<(u64, Duration, Histogram<u64>), String> {
-    let pkeys = args.entries.div_ceil(100);
+    let pkeys = pkey_count(args.entries);
     let running = Rc::new(Cell::new(true));
     let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
     let pages = Rc::new(Cell::new(0u64));

@@ -100,6 +100,9 @@ enum Command {
         /// The shard's memory budget in MiB (memtable, block cache, pinned indexes and filters).
         #[bpaf(long("memory-budget-mib"), argument("MIB"), fallback(192), display_fallback)]
         memory_budget_mib: usize,
+        /// Puts each of the 50 loading writers sends together, as one MPUT would (1: single puts).
+        #[bpaf(long("ingest-batch"), argument("N"), fallback(16), display_fallback)]
+        ingest_batch: usize,
         /// Skip RocksDB's db_bench.
         #[bpaf(long("no-db-bench"))]
         no_db_bench: bool,
@@ -242,6 +245,7 @@ fn main() {
             inflight,
             seconds,
             memory_budget_mib,
+            ingest_batch,
             no_db_bench,
             json,
         } => {
@@ -253,6 +257,7 @@ fn main() {
                 inflight,
                 seconds,
                 memory_budget_bytes: memory_budget_mib << 20,
+                ingest_batch: ingest_batch.max(1),
                 db_bench: !no_db_bench,
             };
             engine_get::run(&args).map(|report| render(&report, json, engine_get::summary))
