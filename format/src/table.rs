@@ -609,9 +609,13 @@ pub struct BlockEntries<'a> {
     rest: &'a [u8],
     remaining: u32,
     layout: EntryLayout,
+    /// The current entry: its key (rebuilt here), version and value.
     key: [u8; KEY_LEN_MAX],
     key_len: usize,
     version: Version,
+    value: Option<&'a [u8]>,
+    /// Leading bytes the current key is known to share with the previous one (0: unknown).
+    shared: usize,
 }
 
 impl<'a> BlockEntries<'a> {
@@ -624,12 +628,55 @@ impl<'a> BlockEntries<'a> {
             key: [0; KEY_LEN_MAX],
             key_len: 0,
             version: 0,
+            value: None,
+            shared: 0,
         }
     }
 
     /// The next entry, `None` after the last one.
     #[expect(clippy::should_implement_trait, reason = "entries borrow the walker: not an Iterator")]
     pub fn next(&mut self) -> Option<Result<EntryRef<'_>, TableFormatError>> {
+        match self.advance()? {
+            Ok(()) => Some(Ok(self.current())),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The first entry at or above `target` from here on, `None` if none is.
+    ///
+    /// Comparisons are incremental: the walk remembers how many leading bytes the current key
+    /// shares with `target`, and a key that shares a prefix with the previous one is compared
+    /// from there on. Most entries cost a byte or two of comparison, not a whole key.
+    pub fn seek(&mut self, target: &[u8]) -> Option<Result<EntryRef<'_>, TableFormatError>> {
+        // Leading bytes the current key (below `target`) shares with `target`.
+        let mut common = 0usize;
+        loop {
+            if let Err(e) = self.advance()? {
+                return Some(Err(e));
+            }
+            let key = &self.key[..self.key_len];
+            // The key equals the previous one for `shared` bytes, and the previous one equals
+            // `target` for `common`: so does this key for the lesser of them.
+            let from = common.min(self.shared);
+            common =
+                from + key[from..].iter().zip(&target[from.min(target.len())..]).take_while(|(a, b)| a == b).count();
+            let at_or_above = match (key.get(common), target.get(common)) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(k), Some(t)) => k > t,
+            };
+            if at_or_above {
+                return Some(Ok(self.current()));
+            }
+        }
+    }
+
+    fn current(&self) -> EntryRef<'_> {
+        EntryRef { key: &self.key[..self.key_len], version: self.version, value: self.value }
+    }
+
+    /// Decodes the next entry into the walker.
+    fn advance(&mut self) -> Option<Result<(), TableFormatError>> {
         if self.remaining == 0 {
             return (!self.rest.is_empty()).then(|| {
                 self.rest = &[];
@@ -643,16 +690,17 @@ impl<'a> BlockEntries<'a> {
                     return Err(TableFormatError::BadBlock { reason: "keys out of order" });
                 }
                 self.key[..entry.key.len()].copy_from_slice(entry.key);
-                self.key_len = entry.key.len();
-                Ok((entry.version, entry.value, rest))
+                (self.key_len, self.version, self.value, self.shared) =
+                    (entry.key.len(), entry.version, entry.value, 0);
+                Ok(rest)
             }),
             EntryLayout::Prefixed => self.step_prefixed(first),
         };
         match step {
-            Ok((version, value, rest)) => {
+            Ok(rest) => {
                 self.rest = rest;
                 self.remaining -= 1;
-                Some(Ok(EntryRef { key: &self.key[..self.key_len], version, value }))
+                Some(Ok(()))
             }
             Err(e) => {
                 self.remaining = 0;
@@ -662,9 +710,8 @@ impl<'a> BlockEntries<'a> {
         }
     }
 
-    /// Decodes the prefixed entry at the start of `rest` into the key buffer.
-    #[expect(clippy::type_complexity, reason = "one private step")]
-    fn step_prefixed(&mut self, first: bool) -> Result<(Version, Option<&'a [u8]>, &'a [u8]), TableFormatError> {
+    /// Decodes the prefixed entry at the start of `rest` into the walker; returns what follows.
+    fn step_prefixed(&mut self, first: bool) -> Result<&'a [u8], TableFormatError> {
         let malformed = |reason| TableFormatError::BadBlock { reason };
         let rest: &'a [u8] = self.rest;
         let (&kind, rest) = rest.split_first().ok_or(malformed("truncated entry"))?;
@@ -687,15 +734,25 @@ impl<'a> BlockEntries<'a> {
             return Err(malformed("truncated entry"));
         }
         let (suffix, rest) = rest.split_at(unshared);
-        // Above the previous key: its shared part is equal, so compare the rest.
-        if !first && suffix <= &self.key[shared..self.key_len] {
-            return Err(malformed("keys out of order"));
+        // Above the previous key: its shared part is equal, so compare the rest. The writer
+        // shares every common byte, so the first byte after them usually decides.
+        if !first {
+            let previous = &self.key[shared..self.key_len];
+            let above = match (suffix.first(), previous.first()) {
+                (Some(s), Some(p)) if s != p => s > p,
+                _ => suffix > previous,
+            };
+            if !above {
+                return Err(malformed("keys out of order"));
+            }
         }
         self.key[shared..key_len].copy_from_slice(suffix);
         self.key_len = key_len;
+        self.shared = shared;
         self.version = self.version.wrapping_add(unzigzag(delta) as u64);
         let (value, rest) = rest.split_at(value_len);
-        Ok((self.version, (kind == 1).then_some(value), rest))
+        self.value = (kind == 1).then_some(value);
+        Ok(rest)
     }
 }
 
@@ -1004,6 +1061,31 @@ mod tests {
                 layout: EntryLayout::Prefixed,
             };
             assert_eq!(walk(&block).unwrap(), expected, "round {round}");
+            // Seeking finds the first entry at or above any target: present keys, keys beside
+            // them, prefixes of them, and keys beyond either end.
+            let mut targets: Vec<Vec<u8>> = Vec::new();
+            for (key, _, _) in &expected {
+                targets.push(key.clone());
+                targets.push(key[..1 + rng.below(key.len() as u64) as usize].to_vec());
+                let mut beside = key.clone();
+                let at = rng.below(key.len() as u64) as usize;
+                beside[at] = beside[at].wrapping_add(if rng.below(2) == 0 { 1 } else { 255 });
+                targets.push(beside);
+            }
+            targets.push(vec![0]);
+            targets.push(vec![0xff; KEY_LEN_MAX]);
+            for target in targets {
+                let want = expected.iter().find(|(k, _, _)| k.as_slice() >= target.as_slice());
+                let got = BlockEntries::new(&block).seek(&target).map(|e| e.unwrap().key.to_vec());
+                assert_eq!(got.as_ref(), want.map(|(k, _, _)| k), "round {round}: seek {target:?}");
+            }
+            // Seeking after walking part of the block starts from where the walk is.
+            if expected.len() > 2 {
+                let mut entries = BlockEntries::new(&block);
+                entries.next().unwrap().unwrap();
+                let got = entries.seek(&expected[0].0).map(|e| e.unwrap().key.to_vec());
+                assert_eq!(got.as_ref(), Some(&expected[1].0), "round {round}");
+            }
         }
     }
 

@@ -60,16 +60,11 @@ impl<F> Levels<F> {
         }
     }
 
-    /// The tables a point read of `key` in `window` must probe, newest first.
+    /// The tables a point read in `window` may probe, newest first (each checks its own key
+    /// range and filter: `Table::may_contain`).
     #[must_use]
-    pub fn probe_order(&self, window: u64, key: &[u8]) -> Vec<Rc<Table<F>>> {
-        self.windows.get(&window).map_or_else(Vec::new, |tables| {
-            tables
-                .iter()
-                .filter(|t| key >= t.meta.key_min.as_slice() && key <= t.meta.key_max.as_slice())
-                .cloned()
-                .collect()
-        })
+    pub fn probe_order(&self, window: u64) -> Vec<Rc<Table<F>>> {
+        self.windows.get(&window).map_or_else(Vec::new, Clone::clone)
     }
 
     /// The tables of `window`, newest first.

@@ -438,14 +438,11 @@ impl<F: DiskFile> Table<F> {
         key: &[u8],
         take: impl FnOnce(strata_format::table::EntryRef<'_>) -> T,
     ) -> Result<Option<T>, TableError> {
-        let mut entries = BlockEntries::new(block);
-        while let Some(entry) = entries.next() {
-            let entry = entry.map_err(|e| self.corrupted(self.index[i].offset, e.to_string()))?;
-            if entry.key >= key {
-                return Ok(Some(take(entry)));
-            }
+        match BlockEntries::new(block).seek(key) {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(take(entry))),
+            Some(Err(e)) => Err(self.corrupted(self.index[i].offset, e.to_string())),
         }
-        Ok(None)
     }
 
     /// Every entry with `from <= key <= to`, in key order.

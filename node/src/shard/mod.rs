@@ -223,6 +223,9 @@ pub struct ShardStats {
     pub fsyncs: u64,
     pub wal_bytes_written: u64,
     pub segments_started: u64,
+    /// Zeros written to prepare new WAL segment files: a one-time cost per file (recycled
+    /// segments are rewritten only by batches), not part of any write's amplification.
+    pub wal_prefill_bytes: u64,
     pub sinks: u64,
     pub sink_bytes_written: u64,
     pub sinks_abandoned: u64,
@@ -410,6 +413,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             prev_segment_end: prev_end,
             version_lease: lease,
         };
+        let prefilled = spare.zero_filled;
         let active = activate_segment(spare, info).await?;
         let state = State {
             memtable,
@@ -438,7 +442,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             nonces,
             closing: false,
             flusher_done: false,
-            stats: ShardStats { segments_started: 1, ..ShardStats::default() },
+            stats: ShardStats { segments_started: 1, wal_prefill_bytes: prefilled, ..ShardStats::default() },
         };
         let inner = Inner {
             disk,
@@ -920,7 +924,11 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             )
             .await
             {
-                Ok(spare) => self.inner.state.borrow_mut().spares.push_back(spare),
+                Ok(spare) => {
+                    let mut state = self.inner.state.borrow_mut();
+                    state.stats.wal_prefill_bytes += spare.zero_filled;
+                    state.spares.push_back(spare);
+                }
                 Err(e) => {
                     let reason = self.latch(format!("cannot prepare a WAL segment: {e}"));
                     self.fail_pending(&reason);

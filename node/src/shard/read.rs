@@ -95,7 +95,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 state.memtable.get(&key).or_else(|| state.frozen.as_ref().and_then(|f| f.memtable.get(&key)));
             match in_memory {
                 Some(entry) => (Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))), Vec::new(), ranges),
-                None => (None, state.levels.probe_order(window, &key), ranges),
+                None => (None, state.levels.probe_order(window), ranges),
             }
         };
         let mut found = found;

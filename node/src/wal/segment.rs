@@ -19,6 +19,8 @@ const FILL_CHUNK_BYTES: u64 = 1 << 20;
 pub struct SpareSegment<F> {
     pub file: F,
     pub file_no: u32,
+    /// Zero bytes written to prepare it (0 for a recycled segment): a one-time cost per file.
+    pub zero_filled: u64,
 }
 
 /// The segment batches are appended to.
@@ -59,6 +61,7 @@ pub async fn prepare_segment<D: Disk>(
     };
     let size = file.size().await?;
     let mut at = size - size % BLOCK_SIZE as u64;
+    let zero_filled = segment_bytes.saturating_sub(at);
     if at < segment_bytes {
         let zeros = vec![0u8; FILL_CHUNK_BYTES.min(segment_bytes) as usize];
         while at < segment_bytes {
@@ -68,7 +71,7 @@ pub async fn prepare_segment<D: Disk>(
         }
         file.fdatasync().await?;
     }
-    Ok(SpareSegment { file, file_no })
+    Ok(SpareSegment { file, file_no, zero_filled })
 }
 
 /// Writes and syncs the header that makes a spare segment the active one.
