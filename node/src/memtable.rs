@@ -97,19 +97,22 @@ impl Memtable {
     /// Sets `key` to `value` (or a tombstone) at `version`. An older version than the one held
     /// is ignored (replay may apply a write twice; the newest wins).
     pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
-        let new_entry = MemEntry { version, value: value.map(Box::from) };
-        let key = MemKey::new(key);
-        if let Some(entry) = self.entries.get_mut(&key) {
-            if entry.version >= version {
-                return;
+        // One descent of the tree, whether the key is new or held.
+        match self.entries.entry(MemKey::new(key)) {
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                let entry = held.get_mut();
+                if entry.version >= version {
+                    return;
+                }
+                self.bytes -= Self::charge(key.len(), entry.value.as_deref());
+                self.bytes += Self::charge(key.len(), value);
+                *entry = MemEntry { version, value: value.map(Box::from) };
             }
-            self.bytes -= Self::charge(key.key.len(), entry.value.as_deref());
-            self.bytes += Self::charge(key.key.len(), value);
-            *entry = new_entry;
-            return;
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                self.bytes += Self::charge(key.len(), value);
+                slot.insert(MemEntry { version, value: value.map(Box::from) });
+            }
         }
-        self.bytes += Self::charge(key.key.len(), value);
-        self.entries.insert(key, new_entry);
     }
 
     #[must_use]

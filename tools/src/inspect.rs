@@ -246,6 +246,8 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
     let (mut blocks, mut entries) = (0u64, 0u64);
     // Entries whose value is a cold block's link (a sunk window's link table).
     let mut block_links = 0u64;
+    // Entries whose ts lies outside the footer's bounds.
+    let mut ts_outside = 0u64;
     let (mut first_key, mut last_key): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
     let footer = if bytes.len() >= BLOCK_SIZE && bytes.len() % BLOCK_SIZE == 0 {
         TableFooter::decode(&bytes[bytes.len() - BLOCK_SIZE..]).map_err(|e| e.to_string())
@@ -293,6 +295,15 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
                                             block_links += u64::from(matches!(link, Some(Ok(_))));
                                             first_key.get_or_insert_with(|| e.key.to_vec());
                                             last_key = Some(e.key.to_vec());
+                                            // Timeline pages skip tables by these bounds: a key
+                                            // outside them would be missed.
+                                            let ts =
+                                                e.key.len().checked_sub(8).map(|at| {
+                                                    u64::from_be_bytes(e.key[at..].try_into().expect("8 bytes"))
+                                                });
+                                            if ts.is_some_and(|ts| ts < f.ts_min || ts > f.ts_max) {
+                                                ts_outside += 1;
+                                            }
                                         }
                                         Err(err) => {
                                             damage.push(format!("data block at offset {}: {err}", entry.offset));
@@ -308,6 +319,9 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
             }
         }
     }
+    if ts_outside > 0 {
+        damage.push(format!("{ts_outside} entries have a ts outside the footer's ts bounds"));
+    }
     let show = |k: &Option<Vec<u8>>| {
         k.as_deref()
             .and_then(|k| strata_format::key::decode_key(k).ok())
@@ -317,7 +331,7 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
         let footer = footer
             .as_ref()
             .ok()
-            .map(|f| serde_json::json!({ "table_id": f.table_id, "window": f.window, "entry_count": f.entry_count }));
+            .map(|f| serde_json::json!({ "table_id": f.table_id, "window": f.window, "entry_count": f.entry_count, "ts_min": f.ts_min, "ts_max": f.ts_max }));
         println!(
             "{}",
             serde_json::json!({ "file": path, "footer": footer, "data_blocks": blocks, "entries": entries, "block_links": block_links, "first_key": show(&first_key), "last_key": show(&last_key), "damage": damage })
@@ -325,11 +339,13 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
     } else {
         if let Ok(f) = &footer {
             println!(
-                "{}: table {} of window {}, {} entries by its footer",
+                "{}: table {} of window {}, {} entries by its footer, ts {}..={}",
                 path.display(),
                 f.table_id,
                 f.window,
-                f.entry_count
+                f.entry_count,
+                f.ts_min,
+                f.ts_max
             );
         }
         println!("{blocks} data blocks check, {entries} entries, keys {} .. {}", show(&first_key), show(&last_key));
