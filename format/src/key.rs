@@ -130,6 +130,17 @@ pub fn pkey_prefix(key: &[u8]) -> &[u8] {
     &key[..key.len() - 8]
 }
 
+/// The timestamp stored in the last 8 bytes of an encoded key.
+///
+/// # Panics
+/// When `key` is shorter than a timestamp (not an encoded key).
+#[must_use]
+pub fn ts_of_key(key: &[u8]) -> Timestamp {
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&key[key.len() - 8..]);
+    u64::from_be_bytes(ts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,8 @@ pub mod manifest;
 pub mod protocol;
 pub mod route;
 pub mod table;
+#[cfg(test)]
+mod testutil;
 pub mod ticket;
 pub mod varint;
 pub mod version;

@@ -1792,6 +1792,7 @@ impl<'o> MPutWriter<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{Rng, seed};
 
     fn head(request_id: u64) -> RequestHead {
         RequestHead { request_id, deadline_us: 2_500, priority: Priority::Low }
@@ -2381,71 +2382,38 @@ mod tests {
         assert!(matches!(parse_frame(&out), Err(ProtocolError::UnknownOpcode { op: 200 })));
     }
 
-    /// SplitMix64: enough randomness to shake the decoders, replayable from its seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next() as u8).collect()
-        }
-    }
-
-    fn seed() -> u64 {
-        let seed = match std::env::var("STRATA_PROTOCOL_SEED") {
-            Ok(text) => text.parse().expect("STRATA_PROTOCOL_SEED should be a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("the clock should be after 1970")
-                .as_nanos() as u64,
-        };
-        println!("protocol fuzz seed {seed} (replay with STRATA_PROTOCOL_SEED={seed})");
-        seed
-    }
-
     /// Bytes to try, with the opcode and status to parse them as: random bytes as a random
     /// operation, or a valid body with a few bytes changed, cut or extended, parsed mostly as what
     /// it was (to reach past the first field).
     fn fuzz_body(rng: &mut Rng, samples: &[Vec<u8>]) -> (Opcode, Status, Vec<u8>) {
-        let opcode = Opcode::ALL[rng.below(Opcode::ALL.len())];
-        let status = Status::ALL[rng.below(Status::ALL.len())];
-        if rng.below(3) == 0 {
-            let len = rng.below(64);
+        let opcode = Opcode::ALL[rng.index(Opcode::ALL.len())];
+        let status = Status::ALL[rng.index(Status::ALL.len())];
+        if rng.index(3) == 0 {
+            let len = rng.index(64);
             return (opcode, status, rng.bytes(len));
         }
-        let frame = &samples[rng.below(samples.len())];
+        let frame = &samples[rng.index(samples.len())];
         let header = only_frame(frame).header;
         let mut body = frame[HEADER_SIZE..frame.len().min(HEADER_SIZE + 2048)].to_vec();
-        for _ in 0..rng.below(4) {
-            match rng.below(4) {
+        for _ in 0..rng.index(4) {
+            match rng.index(4) {
                 0 if !body.is_empty() => {
-                    let at = rng.below(body.len());
+                    let at = rng.index(body.len());
                     body[at] = rng.next() as u8;
                 }
                 1 if !body.is_empty() => {
-                    let len = rng.below(body.len());
+                    let len = rng.index(body.len());
                     body.truncate(len);
                 }
                 2 => body.push(rng.next() as u8),
                 _ => {
-                    let at = rng.below(body.len() + 1);
-                    let small = [0, 1, 0xff, 0x04][rng.below(4)];
+                    let at = rng.index(body.len() + 1);
+                    let small = [0, 1, 0xff, 0x04][rng.index(4)];
                     body.insert(at, small);
                 }
             }
         }
-        if rng.below(8) == 0 { (opcode, status, body) } else { (header.opcode, header.status, body) }
+        if rng.index(8) == 0 { (opcode, status, body) } else { (header.opcode, header.status, body) }
     }
 
     fn check_request_decoding(body: &[u8], opcode: Opcode) -> bool {
@@ -2475,7 +2443,7 @@ mod tests {
 
     #[test]
     fn decoders_survive_random_bytes() {
-        let mut rng = Rng(seed());
+        let mut rng = Rng(seed("STRATA_PROTOCOL_SEED", "protocol fuzz"));
         let requests = sample_request_frames();
         let responses = sample_response_frames();
         let (mut requests_accepted, mut responses_accepted) = (0, 0);
@@ -2488,10 +2456,10 @@ mod tests {
             let header: [u8; HEADER_SIZE] = rng.bytes(HEADER_SIZE).try_into().unwrap();
             assert!(FrameHeader::decode(&header).is_err(), "random bytes should not pass the header checksum");
             let raw = rng.bytes(4);
-            let body_len = [0, 1, FRAME_BODY_MAX, FRAME_BODY_MAX + 1, rng.next() as u32][rng.below(5)];
+            let body_len = [0, 1, FRAME_BODY_MAX, FRAME_BODY_MAX + 1, rng.next() as u32][rng.index(5)];
             let _ = FrameHeader::decode(&sealed(raw[0] % 16, raw[1], raw[2] % 16, u32::from(raw[3]), body_len));
-            let mut stream = requests[rng.below(requests.len())].clone();
-            stream.truncate(rng.below(stream.len() + 1));
+            let mut stream = requests[rng.index(requests.len())].clone();
+            stream.truncate(rng.index(stream.len() + 1));
             let _ = parse_frame(&stream);
         }
         println!("of {rounds}: {requests_accepted} request bodies accepted, {responses_accepted} response bodies");

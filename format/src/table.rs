@@ -893,6 +893,7 @@ impl Bloom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{Rng, seed};
 
     /// 40 entries of one pkey (every seventh a tombstone), in the given layout.
     fn data_raw(layout: EntryLayout) -> (Vec<u8>, u32) {
@@ -983,42 +984,13 @@ mod tests {
         );
     }
 
-    /// SplitMix64, replayable from its seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    fn seed() -> u64 {
-        let seed = match std::env::var("STRATA_TABLE_SEED") {
-            Ok(text) => text.parse().expect("STRATA_TABLE_SEED should be a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("the clock should be after 1970")
-                .as_nanos() as u64,
-        };
-        println!("table seed {seed} (replay with STRATA_TABLE_SEED={seed})");
-        seed
-    }
-
     /// Random sorted keys (pkeys of 1..=255 bytes sharing prefixes, ts near and far apart),
     /// random versions (close and far, up and down) and values (tombstones, empty, large):
     /// every block decodes to exactly what went in, and the builder's predicted length is the
     /// length it writes.
     #[test]
     fn prefixed_blocks_round_trip_random_entries() {
-        let mut rng = Rng(seed());
+        let mut rng = Rng(seed("STRATA_TABLE_SEED", "table"));
         for round in 0..300 {
             let mut keys = std::collections::BTreeSet::new();
             let pkeys: Vec<Vec<u8>> = (0..1 + rng.below(6))
@@ -1093,7 +1065,7 @@ mod tests {
     /// panicking, and keys it yields ascend.
     #[test]
     fn prefixed_walk_survives_garbage_and_refuses_disorder() {
-        let mut rng = Rng(seed());
+        let mut rng = Rng(seed("STRATA_TABLE_SEED", "table"));
         let (raw, n) = data_raw(EntryLayout::Prefixed);
         for _ in 0..20_000 {
             let mut bad = raw.clone();

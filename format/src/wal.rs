@@ -128,7 +128,6 @@ pub struct RecordHeader {
     pub reserved: U16,
 }
 const _: () = assert!(size_of::<RecordHeader>() == 24);
-pub const RECORD_HEADER_SIZE: usize = size_of::<RecordHeader>();
 
 /// What a record does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -650,6 +649,7 @@ impl<'a> Iterator for RecordIter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{Rng, seed};
 
     fn info() -> SegmentInfo {
         SegmentInfo {
@@ -782,41 +782,12 @@ mod tests {
         );
     }
 
-    /// SplitMix64, replayable from its seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    fn seed() -> u64 {
-        let seed = match std::env::var("STRATA_WAL_SEED") {
-            Ok(text) => text.parse().expect("STRATA_WAL_SEED should be a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("the clock should be after 1970")
-                .as_nanos() as u64,
-        };
-        println!("wal seed {seed} (replay with STRATA_WAL_SEED={seed})");
-        seed
-    }
-
     /// Random records (versions and timestamps close together, far apart, at the extremes):
     /// every batch decodes to exactly what went in, within the length `record_len` promised;
     /// and damaged payloads never panic the decoder.
     #[test]
     fn compact_records_round_trip_random_batches() {
-        let mut rng = Rng(seed());
+        let mut rng = Rng(seed("STRATA_WAL_SEED", "wal"));
         for round in 0..500 {
             let mut enc = BatchEncoder::new();
             let mut expected = Vec::new();

@@ -240,6 +240,7 @@ fn read_reporting(path: &Path) -> Option<Vec<u8>> {
 
 /// Decodes a table: footer, index, filter, then every data block's checksum and entries.
 fn inspect_table(path: &Path, json: bool) -> i32 {
+    use strata_format::key::ts_of_key;
     use strata_format::table::{BlockEntries, BlockKind, TableFooter, decode_block, decode_index, peek_block_len};
     let Some(bytes) = read_reporting(path) else { return 1 };
     let mut damage: Vec<String> = Vec::new();
@@ -297,10 +298,7 @@ fn inspect_table(path: &Path, json: bool) -> i32 {
                                             last_key = Some(e.key.to_vec());
                                             // Timeline pages skip tables by these bounds: a key
                                             // outside them would be missed.
-                                            let ts =
-                                                e.key.len().checked_sub(8).map(|at| {
-                                                    u64::from_be_bytes(e.key[at..].try_into().expect("8 bytes"))
-                                                });
+                                            let ts = (e.key.len() >= 8).then(|| ts_of_key(e.key));
                                             if ts.is_some_and(|ts| ts < f.ts_min || ts > f.ts_max) {
                                                 ts_outside += 1;
                                             }

@@ -24,13 +24,7 @@ pub fn window_of(ts: u64, window_us: u64) -> u64 {
     if ts == TS_TIMELESS { WINDOW_TIMELESS } else { ts / window_us }
 }
 
-/// The timestamp stored in the last 8 bytes of an encoded key.
-#[must_use]
-pub fn ts_of_key(key: &[u8]) -> u64 {
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&key[key.len() - 8..]);
-    u64::from_be_bytes(ts)
-}
+pub use strata_format::key::ts_of_key;
 
 /// The live tables, by window, each window's tables sorted by order, newest first.
 #[derive(Debug)]

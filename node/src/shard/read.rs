@@ -203,30 +203,27 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         let mut tables = tables.to_vec();
         tables.sort_by_key(|t| std::cmp::Reverse(t.ts_max()));
         let mut n = want.max(16);
-        // What each table probed so far gave for `n`, in `tables` order.
-        let mut got: Vec<TableEntries> = Vec::new();
+        // What the tables probed so far gave for `n` (the first `probed` of `tables`), merged.
+        let (mut merged, mut cutoff, mut probed) = (in_memory.clone(), None::<Vec<u8>>, 0);
         loop {
-            let mut merged = in_memory.clone();
-            let mut cutoff: Option<Vec<u8>> = None;
-            for entries in &got {
-                if entries.len() == n {
-                    let oldest = &entries.last().expect("n > 0 entries").0;
-                    if cutoff.as_ref().is_none_or(|c| oldest > c) {
-                        cutoff = Some(oldest.clone());
-                    }
-                }
-                for (key, version, value) in entries {
-                    merge_in(&mut merged, key.clone(), *version, value.clone());
-                }
-            }
-            let mut live: Vec<ScanEntry> = live_entries(merged, pkey, ranges, cutoff.as_deref()).collect();
+            let mut live: Vec<ScanEntry> = live_entries(merged.clone(), pkey, ranges, cutoff.as_deref()).collect();
             live.reverse();
-            if let Some(next) = tables.get(got.len()) {
+            if let Some(next) = tables.get(probed) {
                 if live.iter().take_while(|e| e.ts > next.ts_max()).count() >= want {
                     live.truncate(want);
                     return Ok(live);
                 }
-                got.push(self.table_range_newest(next, from, to, n).await?);
+                let got = self.table_range_newest(next, from, to, n).await?;
+                probed += 1;
+                if got.len() == n {
+                    let oldest = &got.last().expect("n > 0 entries").0;
+                    if cutoff.as_ref().is_none_or(|c| oldest > c) {
+                        cutoff = Some(oldest.clone());
+                    }
+                }
+                for (key, version, value) in got {
+                    merge_in(&mut merged, key, version, value);
+                }
                 continue;
             }
             if live.len() >= want || cutoff.is_none() {
@@ -234,7 +231,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 return Ok(live);
             }
             n = n.saturating_mul(4);
-            got.clear();
+            (merged, cutoff, probed) = (in_memory.clone(), None, 0);
         }
     }
 
