@@ -128,7 +128,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         for &kind in puts {
             let mut server = Server::start(kind, args.server_cpu, &args.dir.join("server"), STRATA_IN_MEMORY)?;
             if let Some(percent) = quota {
-                server.limit_cpu(percent)?;
+                server.limit_cpu(percent, 10_000)?;
             }
             rows.push(measure(args, &server, "PUT", Op::Put, quota)?);
         }
@@ -137,7 +137,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
             let proto = if kind == ServerKind::Strata { Proto::Native } else { Proto::Resp };
             loadgen::preload(server.addr, proto, args.keys, args.value_bytes, args.connections)?;
             if let Some(percent) = quota {
-                server.limit_cpu(percent)?;
+                server.limit_cpu(percent, 10_000)?;
             }
             rows.push(measure(args, &server, "GET", Op::Get, quota)?);
         }

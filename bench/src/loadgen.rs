@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use strata_format::key::TS_TIMELESS;
 use strata_format::protocol::{self, FrameHeader, HEADER_SIZE, Priority, RequestHead, Status};
 use strata_ioengine::SimRng;
+use strata_node::client::Throttle;
 
 /// The wire protocol a load speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,9 +68,9 @@ pub struct LoadSpec {
     pub deadline: Duration,
     pub priority: Priority,
     pub seed: u64,
-    /// Honour OVERLOADED retry hints like the client library: a refused connection sends
-    /// nothing until the hint (stretched while refusals of requests sent after the last pause
-    /// continue) has passed; requests due on it meanwhile are shed by the client.
+    /// Back off like the client library: while the server refuses, a [`Throttle`] fails a share
+    /// of the requests due at the client (counted as `client_shed`), so the generator sends
+    /// about [`Throttle::K`] times what the server accepts.
     pub backoff: bool,
 }
 
@@ -129,11 +130,6 @@ struct Conn {
     pending_fifo: VecDeque<Instant>,
     next_id: u64,
     broken: bool,
-    paused_until: Option<Instant>,
-    backoff_factor: u32,
-    /// When the current back-off began: refusals of requests sent before it are old news and
-    /// do not stretch it again (one stretch per round trip, as TCP halves its window once).
-    backoff_started: Option<Instant>,
 }
 
 impl Conn {
@@ -172,9 +168,6 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
             pending_fifo: VecDeque::new(),
             next_id: 1,
             broken: false,
-            paused_until: None,
-            backoff_started: None,
-            backoff_factor: 1,
         });
     }
     let mut rng = SimRng::new(spec.seed);
@@ -186,6 +179,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     let (mut sent, mut ok, mut ok_in_deadline, mut not_found, mut rejected, mut failed, mut offered) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut client_shed = 0u64;
+    let mut throttle = Throttle::new(Instant::now());
     let cpu0 = crate::procstat::cpu_us("self");
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(spec.seconds);
@@ -264,7 +258,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 offered += 1;
                 let conn = &mut conns[round_robin % spec.connections];
                 round_robin += 1;
-                if conn.paused_until.is_some_and(|until| now < until) {
+                if spec.backoff && !throttle.admit(now) {
                     client_shed += 1;
                 } else if enqueue(conn, next_due, &mut rng, &mut next_key, &mut retry_keys) {
                     sent += 1;
@@ -313,17 +307,19 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 let parsed = match spec.proto {
                     Proto::Native => parse_native(&conn.input[pos..conn.filled], &mut conn.pending_by_id),
                     Proto::Resp => parse_resp(&conn.input[pos..conn.filled])
-                        .map(|(len, outcome)| (len, outcome, conn.pending_fifo.pop_front().map(|t| (t, 0)), 0)),
+                        .map(|(len, outcome)| (len, outcome, conn.pending_fifo.pop_front().map(|t| (t, 0)))),
                 };
-                let Some((len, outcome, sent_as, retry_after_us)) = parsed else { break };
+                let Some((len, outcome, sent_as)) = parsed else { break };
                 let (intended, key_index) = sent_as.map_or((None, None), |(t, k)| (Some(t), Some(k)));
                 pos += len;
                 let done = Instant::now();
                 let intended = intended.unwrap_or(done);
                 let latency_us = done.saturating_duration_since(intended).as_micros() as u64;
+                if spec.backoff {
+                    throttle.answered(done, !matches!(outcome, Outcome::Rejected));
+                }
                 match outcome {
                     Outcome::Ok | Outcome::NotFound => {
-                        conn.backoff_factor = (conn.backoff_factor / 2).max(1);
                         if matches!(outcome, Outcome::Ok) {
                             ok += 1;
                         } else {
@@ -341,12 +337,6 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                             exhausted = false;
                         }
                         let _ = latency_rejected_us.record(latency_us.max(1));
-                        if spec.backoff && conn.backoff_started.is_none_or(|at| intended >= at) {
-                            let wait_us = u64::from(retry_after_us.max(100)) * u64::from(conn.backoff_factor);
-                            conn.paused_until = Some(done + Duration::from_micros(wait_us));
-                            conn.backoff_started = Some(done);
-                            conn.backoff_factor = (conn.backoff_factor * 2).min(64);
-                        }
                     }
                     Outcome::Failed => failed += 1,
                 }
@@ -425,16 +415,19 @@ pub fn run_once((spec, cpu): &(LoadSpec, usize)) -> Result<String, String> {
     let r = run(spec)?;
     let h = &r.latency_ok_us;
     Ok(format!(
-        "{:.0} ok/s ({} ok, {} not found, {} rejected, {} failed, {} unanswered), p50 {} us, p99 {} us, max {} us, generator CPU {:.0}%",
+        "{:.0} ok/s, goodput {:.0}/s ({} ok, {} not found, {} rejected, {} shed by the client, {} failed, {} unanswered), p50 {} us, p99 {} us, max {} us, rejection p99 {} us, generator CPU {:.0}%",
         r.ok_per_s(),
+        r.goodput_per_s(),
         r.ok,
         r.not_found,
         r.rejected,
+        r.client_shed,
         r.failed,
         r.unanswered,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.max(),
+        r.latency_rejected_us.value_at_quantile(0.99),
         r.generator_cpu_share() * 100.0
     ))
 }
@@ -460,11 +453,10 @@ fn resp_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A parsed response: its length, outcome, (intended send time, key index), retry hint µs.
-type Parsed = (usize, Outcome, Option<(Instant, u64)>, u32);
+/// A parsed response: its length, outcome, (intended send time, key index).
+type Parsed = (usize, Outcome, Option<(Instant, u64)>);
 
-/// One native response at the start of `buf`: its length, outcome, intended send time, and
-/// retry hint (µs, for OVERLOADED).
+/// One native response at the start of `buf`: its length, outcome, intended send time.
 fn parse_native(buf: &[u8], pending: &mut HashMap<u64, (Instant, u64)>) -> Option<Parsed> {
     let header_bytes = buf.first_chunk::<HEADER_SIZE>()?;
     let header = FrameHeader::decode(header_bytes).expect("the server sends valid frames");
@@ -473,17 +465,13 @@ fn parse_native(buf: &[u8], pending: &mut HashMap<u64, (Instant, u64)>) -> Optio
         return None;
     }
     let intended = pending.remove(&header.request_id);
-    let mut retry_after_us = 0;
     let outcome = match header.status {
         Status::Ok | Status::NotModified => Outcome::Ok,
         Status::NotFound => Outcome::NotFound,
-        Status::Overloaded => {
-            retry_after_us = buf[HEADER_SIZE..len].first_chunk::<4>().map_or(0, |b| u32::from_le_bytes(*b));
-            Outcome::Rejected
-        }
+        Status::Overloaded => Outcome::Rejected,
         _ => Outcome::Failed,
     };
-    Some((len, outcome, intended, retry_after_us))
+    Some((len, outcome, intended))
 }
 
 /// One RESP reply at the start of `buf`: its length and outcome.

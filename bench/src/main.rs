@@ -147,6 +147,9 @@ enum Command {
         /// Entries for the disk-bound workload (beyond the memory budget).
         #[bpaf(long("disk-keys"), argument("N"), fallback(2_000_000), display_fallback)]
         disk_keys: u64,
+        /// Which workloads to run: `both`, `disk` (SSD gets) or `cpu` (memory gets, then RSS).
+        #[bpaf(long("workload"), argument("NAME"), fallback("both".to_string()), display_fallback)]
+        workload: String,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -179,6 +182,12 @@ struct LoadArgs {
     /// Core to pin the generator to.
     #[bpaf(long("generator-cpu"), argument("CPU"), fallback(1))]
     generator_cpu: usize,
+    /// Each request's deadline budget, ms (also the goodput threshold).
+    #[bpaf(long("deadline-ms"), argument("MS"), fallback(1000))]
+    deadline_ms: u64,
+    /// Back off like the client library while the server refuses.
+    #[bpaf(long)]
+    backoff: bool,
 }
 
 /// What network workloads share.
@@ -226,10 +235,10 @@ impl LoadArgs {
                 None => loadgen::Arrival::Closed { depth: self.depth },
             },
             seconds: self.seconds,
-            deadline: std::time::Duration::from_secs(1),
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
             priority: strata_format::protocol::Priority::High,
             seed: 1,
-            backoff: false,
+            backoff: self.backoff,
         };
         (spec, self.generator_cpu)
     }
@@ -290,20 +299,30 @@ fn main() {
             };
             compare::run(&args).map(|report| render(&report, json, compare::summary))
         }
-        Command::Overload { net, quota_percent, rss_seconds, disk_keys, json } => {
-            let args = overload::Args {
-                dir: net.dir,
-                server_cpu: net.server_cpu,
-                generator_cpu: net.generator_cpu,
-                connections: net.connections,
-                memory_keys: net.keys,
-                disk_keys,
-                value_bytes: net.value_bytes,
-                seconds: net.seconds,
-                quota_percent,
-                rss_seconds,
+        Command::Overload { net, quota_percent, rss_seconds, disk_keys, workload, json } => {
+            let workloads = match workload.as_str() {
+                "both" => Ok((true, true)),
+                "disk" => Ok((true, false)),
+                "cpu" => Ok((false, true)),
+                other => Err(format!("--workload {other}: expected both, disk or cpu")),
             };
-            overload::run(&args).map(|report| render(&report, json, overload::summary))
+            workloads.and_then(|(disk, cpu)| {
+                let args = overload::Args {
+                    disk,
+                    cpu,
+                    dir: net.dir,
+                    server_cpu: net.server_cpu,
+                    generator_cpu: net.generator_cpu,
+                    connections: net.connections,
+                    memory_keys: net.keys,
+                    disk_keys,
+                    value_bytes: net.value_bytes,
+                    seconds: net.seconds,
+                    quota_percent,
+                    rss_seconds,
+                };
+                overload::run(&args).map(|report| render(&report, json, overload::summary))
+            })
         }
         Command::EnginePut { dir, cpu, writers, value_bytes, seconds, json } => {
             let args = engine_put::Args { dir, cpu, writers, value_bytes, seconds };

@@ -16,6 +16,10 @@ use strata_format::protocol::Priority;
 
 #[derive(Debug, Clone)]
 pub struct Args {
+    /// Run the disk-bound workload.
+    pub disk: bool,
+    /// Run the CPU-bound workload and the RSS watch.
+    pub cpu: bool,
     pub dir: PathBuf,
     pub server_cpu: usize,
     pub generator_cpu: usize,
@@ -66,6 +70,10 @@ pub struct Report {
     pub rss_end_bytes: u64,
     pub rss_growth: f64,
 }
+
+/// The CFS period of the CPU-bound workload's quota: the shortest that still grants the
+/// kernel's least quota (1 ms) at 20%, so a throttled server freezes for at most 4 ms.
+const QUOTA_PERIOD_US: u32 = 5_000;
 
 /// The budget every request carries.
 const DEADLINE: Duration = Duration::from_millis(50);
@@ -143,7 +151,7 @@ fn workload(
     server.stop();
     let mut server = Server::start_on(ServerKind::Strata, args.server_cpu, &dir, config)?;
     if let Some(percent) = quota {
-        server.limit_cpu(percent)?;
+        server.limit_cpu(percent, QUOTA_PERIOD_US)?;
     }
     let uniform = Keys::Uniform(keys);
     let capacity = loadgen::run(&load(args, &server, uniform, Arrival::Closed { depth: 4 }, args.seconds, false))?;
@@ -171,32 +179,40 @@ fn workload(
 
 pub fn run(args: &Args) -> Result<Report, String> {
     strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
-    let (disk, server) = workload(args, "disk-bound (SSD gets)", STRATA_DISK_BOUND, args.disk_keys, None)?;
-    drop(server);
-    let (memory, server) = workload(
-        args,
-        "CPU-bound (memory gets)",
-        crate::compare::STRATA_IN_MEMORY,
-        args.memory_keys,
-        Some(args.quota_percent),
-    )?;
-    // RSS over a long run at 10x, from a warmed-up start.
-    let rate = memory.capacity_per_s * 10.0;
-    let open = Arrival::Open { rate, poisson: true };
-    let keys = Keys::Uniform(args.memory_keys);
-    loadgen::run(&load(args, &server, keys, open, (args.rss_seconds / 5.0).clamp(1.0, 10.0), false))?;
-    let rss_start_bytes = server.rss_bytes();
-    let started = Instant::now();
-    loadgen::run(&load(args, &server, keys, open, args.rss_seconds, false))?;
-    let rss_end_bytes = server.rss_bytes();
-    let rss_seconds = started.elapsed().as_secs_f64();
-    drop(server);
+    let mut workloads = Vec::new();
+    if args.disk {
+        let (disk, server) = workload(args, "disk-bound (SSD gets)", STRATA_DISK_BOUND, args.disk_keys, None)?;
+        drop(server);
+        workloads.push(disk);
+    }
+    let (mut rss_seconds, mut rss_start_bytes, mut rss_end_bytes) = (0.0, 0, 0);
+    if args.cpu {
+        let (memory, server) = workload(
+            args,
+            "CPU-bound (memory gets)",
+            crate::compare::STRATA_IN_MEMORY,
+            args.memory_keys,
+            Some(args.quota_percent),
+        )?;
+        // RSS over a long run at 10x, from a warmed-up start.
+        let rate = memory.capacity_per_s * 10.0;
+        let open = Arrival::Open { rate, poisson: true };
+        let keys = Keys::Uniform(args.memory_keys);
+        loadgen::run(&load(args, &server, keys, open, (args.rss_seconds / 5.0).clamp(1.0, 10.0), false))?;
+        rss_start_bytes = server.rss_bytes();
+        let started = Instant::now();
+        loadgen::run(&load(args, &server, keys, open, args.rss_seconds, false))?;
+        rss_end_bytes = server.rss_bytes();
+        rss_seconds = started.elapsed().as_secs_f64();
+        drop(server);
+        workloads.push(memory);
+    }
     let _ = std::fs::remove_dir_all(args.dir.join("server"));
     Ok(Report {
         quota_percent: args.quota_percent,
         deadline_ms: DEADLINE.as_millis() as u64,
         connections: args.connections,
-        workloads: vec![disk, memory],
+        workloads,
         rss_seconds,
         rss_start_bytes,
         rss_end_bytes,
@@ -244,6 +260,9 @@ pub fn summary(r: &Report) -> String {
                 s.generator_cpu_share * 100.0
             ));
         }
+    }
+    if r.rss_start_bytes == 0 {
+        return out;
     }
     out.push_str(&format!(
         "  RSS at 10x over {:.0} s: {:.1} MiB -> {:.1} MiB ({:+.1}%, goal <= +5%)\n",

@@ -148,18 +148,24 @@ impl Server {
         crate::procstat::rss_bytes(&self.pid().to_string())
     }
 
-    /// Holds the server to `percent` of one CPU with a cgroup v1 CFS quota.
-    pub fn limit_cpu(&mut self, percent: u32) -> Result<(), String> {
+    /// Holds the server to `percent` of one CPU with a cgroup v1 CFS quota, granted per
+    /// `period_us`: a throttled server freezes for up to the rest of the period, so the period
+    /// is kept short (the default 100 ms would make every latency figure measure the quota).
+    pub fn limit_cpu(&mut self, percent: u32, period_us: u32) -> Result<(), String> {
         let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu/strata-bench-{}", self.pid()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the cgroup {} (needs root and cgroup v1 cpu): {e}", dir.display()))?;
         let write = |file: &str, value: String| {
             std::fs::write(dir.join(file), value).map_err(|e| format!("cannot write {}/{file}: {e}", dir.display()))
         };
-        // A short period: with the default 100 ms a throttled server would freeze for up to
-        // 90 ms at a time, and every latency figure would measure the quota, not the server.
-        write("cpu.cfs_period_us", "10000".into())?;
-        write("cpu.cfs_quota_us", (percent * 100).to_string())?;
+        let quota_us = u64::from(percent) * u64::from(period_us) / 100;
+        if period_us < 1000 || quota_us < 1000 {
+            return Err(format!(
+                "a CFS quota of {percent}% per {period_us} us period is {quota_us} us: the kernel's least period and quota are 1,000 us"
+            ));
+        }
+        write("cpu.cfs_period_us", period_us.to_string())?;
+        write("cpu.cfs_quota_us", quota_us.to_string())?;
         write("cgroup.procs", self.pid().to_string())?;
         self.cgroup = Some(dir);
         Ok(())

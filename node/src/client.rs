@@ -6,7 +6,8 @@
 //!   connection per shard port when the node's shard ports are known, so no request takes the
 //!   forwarding hop) and adaptive back-off: an OVERLOADED answer is retried after the server's
 //!   hint, stretched while overloads keep coming and shrunk as calls succeed, until the
-//!   call's deadline.
+//!   call's deadline; and while the server refuses work, a [`Throttle`] fails a share of calls
+//!   at the client, so a refused server is not also kept busy refusing.
 //!
 //! It is blocking (std sockets): one `Client` per thread.
 
@@ -247,6 +248,80 @@ impl Backoff {
     }
 }
 
+/// Client-side adaptive throttling, as in Google's SRE book ("Handling Overload"): over a
+/// recent window the client counts the requests it wanted to send and the ones the server
+/// accepted (answered with anything but OVERLOADED), and fails at once, without sending, a
+/// fraction `max(0, (requests - K * accepts) / (requests + 1))` of new requests. While the
+/// server accepts everything nothing is failed; while it refuses, the client sends about `K`
+/// times what it accepts, so the server spends its time serving rather than refusing.
+///
+/// The counts decay exponentially (time constant [`Throttle::WINDOW`]), so the client follows
+/// the server's capacity as it changes. A request counts once its outcome is known (answered,
+/// or failed here), so a burst sent before the first answers arrive is not mistaken for refusals.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    requests: f64,
+    accepts: f64,
+    decayed_at: Instant,
+    /// Failures owed: the fraction accumulates and a request is failed each time it passes 1,
+    /// so the failures are spread evenly (no random draw).
+    debt: f64,
+}
+
+impl Throttle {
+    /// How much more than it accepts the server is offered: above 1 so a healthy server is never
+    /// throttled. It is also how fast the client recovers: with every `WINDOW` the share it
+    /// sends can grow by this factor (1.1 took tens of seconds to recover from a burst of
+    /// refusals). At 2 (the SRE book's choice) an overloaded server refuses about as much as
+    /// it serves, which costs it a few percent: a refusal is decided from the header.
+    pub const K: f64 = 2.0;
+    /// Time constant of the counts' decay: long enough to smooth a server's bursts of refusals,
+    /// short enough to follow it within a second or two.
+    pub const WINDOW: Duration = Duration::from_millis(500);
+
+    #[must_use]
+    pub fn new(now: Instant) -> Self {
+        Self { requests: 0.0, accepts: 0.0, decayed_at: now, debt: 0.0 }
+    }
+
+    fn decay(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.decayed_at);
+        if dt >= Duration::from_millis(1) {
+            let keep = (-dt.as_secs_f64() / Self::WINDOW.as_secs_f64()).exp();
+            self.requests *= keep;
+            self.accepts *= keep;
+            self.decayed_at = now;
+        }
+    }
+
+    /// The share of new requests failed at the client now.
+    #[must_use]
+    pub fn reject_fraction(&self) -> f64 {
+        ((self.requests - Self::K * self.accepts) / (self.requests + 1.0)).clamp(0.0, 1.0)
+    }
+
+    /// A request is about to be sent: true to send it, false to fail it here.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        self.decay(now);
+        self.debt += self.reject_fraction();
+        if self.debt >= 1.0 {
+            self.debt -= 1.0;
+            self.requests += 1.0;
+            return false;
+        }
+        true
+    }
+
+    /// A sent request was answered: `accepted` unless the answer was OVERLOADED.
+    pub fn answered(&mut self, now: Instant, accepted: bool) {
+        self.decay(now);
+        self.requests += 1.0;
+        if accepted {
+            self.accepts += 1.0;
+        }
+    }
+}
+
 /// Calls with deadlines, routing and back-off, over pooled connections.
 #[derive(Debug)]
 pub struct Client {
@@ -254,7 +329,8 @@ pub struct Client {
     /// Connections by shard (`usize::MAX`: the common port).
     pool: HashMap<usize, Connection>,
     backoff: Backoff,
-    /// OVERLOADED answers seen (retried or not).
+    throttle: Throttle,
+    /// OVERLOADED answers seen (retried or not), and calls the throttle failed at the client.
     pub overloads: u64,
 }
 
@@ -263,7 +339,13 @@ const COMMON: usize = usize::MAX;
 impl Client {
     #[must_use]
     pub fn new(options: ClientOptions) -> Self {
-        Self { options, pool: HashMap::new(), backoff: Backoff { factor: 1 }, overloads: 0 }
+        Self {
+            options,
+            pool: HashMap::new(),
+            backoff: Backoff { factor: 1 },
+            throttle: Throttle::new(Instant::now()),
+            overloads: 0,
+        }
     }
 
     pub fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
@@ -311,24 +393,31 @@ impl Client {
                 return Err(ClientError::Timeout);
             }
             let priority = self.options.priority;
-            let result = self.connection(slot).and_then(|conn| conn.call(left, priority, &encode));
-            let response = match result {
-                Ok(response) => response,
-                Err(error) => {
-                    // A broken connection is not reused.
-                    self.pool.remove(&slot);
-                    return Err(error);
+            let hint = if self.throttle.admit(Instant::now()) {
+                let result = self.connection(slot).and_then(|conn| conn.call(left, priority, &encode));
+                let response = match result {
+                    Ok(response) => response,
+                    Err(error) => {
+                        // A broken connection is not reused.
+                        self.pool.remove(&slot);
+                        return Err(error);
+                    }
+                };
+                let accepted = response.header.status != Status::Overloaded;
+                self.throttle.answered(Instant::now(), accepted);
+                if accepted {
+                    self.backoff.on_success();
+                    return Ok(response);
                 }
+                match response.response()? {
+                    Response::Overloaded { retry_after_us } => Duration::from_micros(retry_after_us.into()),
+                    _ => Duration::ZERO,
+                }
+            } else {
+                // The server has been refusing: fail this attempt here, as if it had refused it.
+                Duration::ZERO
             };
-            if response.header.status != Status::Overloaded {
-                self.backoff.on_success();
-                return Ok(response);
-            }
             self.overloads += 1;
-            let hint = match response.response()? {
-                Response::Overloaded { retry_after_us } => Duration::from_micros(retry_after_us.into()),
-                _ => Duration::ZERO,
-            };
             let wait = self.backoff.on_overload(hint);
             if !self.options.retry_overloaded || start.elapsed() + wait >= self.options.deadline {
                 return Err(ClientError::Overloaded { retry_after: hint });
@@ -464,5 +553,51 @@ fn written(response: &OwnedResponse) -> Result<Version, ClientError> {
     match response.response()? {
         Response::Written { version } => Ok(version),
         _ => Err(unexpected()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offers 10,000 requests/s for `seconds` to a server that accepts at most `capacity` per
+    /// second; returns what the client sent and what was accepted in the last second.
+    fn offer(throttle: &mut Throttle, start: Instant, seconds: u64, capacity: u64) -> (u64, u64) {
+        let mut next_accept = start;
+        let (mut sent, mut accepted) = (0, 0);
+        for i in 0..seconds * 10_000 {
+            let now = start + Duration::from_micros(i * 100);
+            let counted = i >= (seconds - 1) * 10_000;
+            if !throttle.admit(now) {
+                continue;
+            }
+            let ok = now >= next_accept;
+            if ok {
+                next_accept = now + Duration::from_micros(1_000_000 / capacity);
+            }
+            throttle.answered(now, ok);
+            if counted {
+                sent += 1;
+                accepted += u64::from(ok);
+            }
+        }
+        (sent, accepted)
+    }
+
+    #[test]
+    fn the_throttle_sends_about_k_times_what_the_server_accepts_and_recovers() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(start);
+        // A server that accepts everything is never throttled.
+        let (sent, accepted) = offer(&mut throttle, start, 2, 1_000_000);
+        assert_eq!((sent, accepted), (10_000, 10_000));
+        // Overloaded (it accepts 1,000/s of 10,000/s): the client sends about K times that.
+        let (sent, accepted) = offer(&mut throttle, start + Duration::from_secs(2), 3, 1_000);
+        let ratio = sent as f64 / accepted as f64;
+        assert!((1.6..2.4).contains(&ratio), "sent {sent}, accepted {accepted}");
+        assert!(accepted >= 950, "accepted {accepted}");
+        // Healthy again: within two seconds the client sends everything.
+        let (sent, _) = offer(&mut throttle, start + Duration::from_secs(5), 3, 1_000_000);
+        assert!(sent >= 9_900, "sent {sent} of 10,000 two seconds after the server recovered");
     }
 }

@@ -605,7 +605,9 @@ client-stall = "{client_stall}"
 [admission]
 # The budget of a request that carries deadline 0.
 default-deadline = "{default_deadline}"
-# Requests waiting longer than this are shed, lowest priority first.
+# Requests waiting longer than this are shed, lowest priority first: in the shard's queue, and
+# in the sockets once a backlog has lasted 20 ms (keep it above scheduling stalls such as a
+# CPU quota's period).
 queue-delay-max = "{queue_delay_max}"
 # The smallest retry hint sent with OVERLOADED.
 retry-after-min = "{retry_after_min}"

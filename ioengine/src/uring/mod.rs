@@ -42,10 +42,10 @@ const RAW_TOKEN_BIT: u64 = 1 << 63;
 const REMOTE_TOKEN: u64 = 1 << 62;
 /// Tokens a [`CompletionHandler`] may use: below both reserved bits.
 pub const RAW_TOKEN_MAX: u64 = REMOTE_TOKEN - 1;
+/// A wait in the kernel shorter than this is not checked for idleness (see [`idle_at`]).
+const IDLE_WAIT_MIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Tasks polled before the ring is visited again, so completions are never starved by tasks.
 const TASKS_PER_TURN_MAX: usize = 4096;
-/// A wait in the kernel at least this long counts as idle time (see [`busy_since_idle`]).
-const IDLE_WAIT_MIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Entries queued by tasks are submitted once this many wait, without waiting for the turn to
 /// end: while the core works through a batch of completions, the device keeps its queue deep.
 const SUBMIT_EARLY_ENTRIES: u32 = 4;
@@ -103,8 +103,10 @@ struct Inner {
     remote_buf: Box<[u8; 8]>,
     /// Entries pushed since the last submit.
     unsubmitted: Cell<u32>,
-    /// When the loop last found nothing to do and slept in the kernel.
+    /// When the loop last woke from sleeping in the kernel with nothing to do (see [`idle_at`]).
     idle_at: Cell<std::time::Instant>,
+    /// The thread's voluntary and involuntary context switches when last read.
+    switches: Cell<(i64, i64)>,
 }
 
 struct RemoteShared {
@@ -157,14 +159,22 @@ pub fn remote() -> Remote {
     with_current(|inner| Remote { shared: inner.remote.clone() })
 }
 
-/// How long the current runtime has gone without an idle moment (a wait in the kernel with
-/// nothing to do). A core that keeps working without one is saturated: work waits for it, in
-/// its queues and in its sockets' buffers. Wall time: a thread throttled by a CPU quota counts
-/// as busy while frozen, which is right when requests wait meanwhile. (CPU time was tried: it
-/// noticed a throttled core's backlog too late, and goodput fell from 28% to 8% at 5x.)
+/// When the current runtime last woke from an idle moment: a wait in the kernel with nothing
+/// to do, in which the thread slept and was not preempted (a thread throttled by a CPU quota
+/// is frozen, not idle). Bytes that arrive while the thread sleeps wake it, and their receives
+/// complete at once; so bytes a receive returns later arrived after this, while it was busy.
 #[must_use]
-pub fn busy_since_idle() -> std::time::Duration {
-    with_current(|inner| inner.idle_at.get().elapsed())
+pub(crate) fn idle_at() -> std::time::Instant {
+    with_current(|inner| inner.idle_at.get())
+}
+
+/// Voluntary and involuntary context switches of the calling thread so far.
+fn context_switches() -> (i64, i64) {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage for the calling thread.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &raw mut usage) };
+    (usage.ru_nvcsw, usage.ru_nivcsw)
 }
 
 /// Why a runtime could not start.
@@ -314,6 +324,7 @@ impl Inner {
             remote_buf: Box::new([0; 8]),
             unsubmitted: Cell::new(0),
             idle_at: Cell::new(std::time::Instant::now()),
+            switches: Cell::new(context_switches()),
         })
     }
 
@@ -440,10 +451,16 @@ impl Inner {
                 let result = if wait {
                     let before = std::time::Instant::now();
                     let result = ring.submit_and_wait(1);
-                    let after = std::time::Instant::now();
-                    // A wait that blocked means the core had spare time: it is not saturated.
-                    if after.duration_since(before) >= IDLE_WAIT_MIN {
-                        self.idle_at.set(after);
+                    // A wait this long may have been idle: it was if the thread slept and was not
+                    // preempted (or frozen by a CPU quota) since the switches were last read.
+                    // Shorter waits are not worth the system call; an old preemption counted
+                    // against a later wait only makes the idle moment older, never newer.
+                    if before.elapsed() >= IDLE_WAIT_MIN {
+                        let (slept, preempted) = context_switches();
+                        let (slept_before, preempted_before) = self.switches.replace((slept, preempted));
+                        if slept > slept_before && preempted == preempted_before {
+                            self.idle_at.set(std::time::Instant::now());
+                        }
                     }
                     result
                 } else {

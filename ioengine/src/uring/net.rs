@@ -98,6 +98,34 @@ struct Conn {
     /// The receive's message header, vector and control buffer (boxed: the kernel holds
     /// pointers into it while a receive is in flight, and `conns` may move).
     rx: Box<RxMsg>,
+    /// The kernel's receive time of the last bytes of the previous receive.
+    last_received_at: Option<Instant>,
+}
+
+/// When the bytes of one receive reached the socket: after `after` and by `last` (the kernel's
+/// receive time of this receive's last bytes). `after` is the later of the previous receive's
+/// last bytes and the end of the core's last idle moment: a receive is completed as soon as its
+/// bytes arrive while the core idles, so bytes that waited arrived while it was busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub after: Instant,
+    pub last: Instant,
+}
+
+impl Received {
+    /// An estimate of when the bytes ending at `end` of the receive's `len` arrived, spreading
+    /// them evenly over the span: a backlog's bytes arrive all along while the server is busy.
+    /// The last bytes are dated exactly, so a receive of a single request is never aged by the
+    /// idle time before it.
+    #[must_use]
+    pub fn estimate(&self, end: usize, len: usize) -> Instant {
+        let span = self.last.saturating_duration_since(self.after);
+        let behind = len.saturating_sub(end);
+        if len == 0 || behind == 0 {
+            return self.last;
+        }
+        self.last - span.mul_f64(behind as f64 / len as f64)
+    }
 }
 
 /// What a receive hands the kernel: one buffer, and room for the receive timestamp.
@@ -170,7 +198,7 @@ pub struct Net {
     handler: RefCell<Option<Rc<dyn NetHandler>>>,
     limits: NetLimits,
     /// While a handler runs for received bytes: when the kernel received the last of them.
-    received_at: std::cell::Cell<Option<Instant>>,
+    received: std::cell::Cell<Option<Received>>,
 }
 
 impl std::fmt::Debug for Net {
@@ -261,20 +289,19 @@ impl Net {
             state: RefCell::default(),
             handler: RefCell::default(),
             limits,
-            received_at: std::cell::Cell::new(None),
+            received: std::cell::Cell::new(None),
         });
         super::set_completion_handler(net.clone());
         net
     }
 
-    /// While [`NetHandler::received`] runs: the kernel's receive time of the last bytes this
-    /// receive returned, so every request in them has waited in the socket at least since then
-    /// (a lower bound on their wait: spreading a backlog's bytes over the time since the
-    /// previous receive was tried, and refused requests that would have made their deadline).
-    /// `None` outside a handler, or when the kernel gave no timestamp.
+    /// While [`NetHandler::received`] runs: when this receive's bytes reached the socket (from
+    /// the kernel's receive timestamps), so every request in them has waited in the socket at
+    /// least since `last`, and at most since `after`. `None` outside a handler, or when the
+    /// kernel gave no timestamp.
     #[must_use]
-    pub fn received_at(&self) -> Option<Instant> {
-        self.received_at.get()
+    pub fn received(&self) -> Option<Received> {
+        self.received.get()
     }
 
     /// Sets who receives the network's events.
@@ -368,7 +395,7 @@ impl Net {
         // Small requests must not wait for Nagle's algorithm.
         let _ = set_int_option(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
         // The kernel's receive time comes with each receive: how long requests sat in the
-        // socket before the server read them (see `received_at`).
+        // socket before the server read them (see `received`).
         let _ = set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
         let id = {
             let mut state = self.state.borrow_mut();
@@ -395,6 +422,7 @@ impl Net {
                         send_progress_at: Instant::now(),
                         dirty: false,
                         rx: RxMsg::new(),
+                        last_received_at: None,
                     });
                     (state.conns.len() - 1) as u32
                 }
@@ -407,6 +435,7 @@ impl Net {
             conn.closing = None;
             conn.linger = None;
             conn.paused = false;
+            conn.last_received_at = None;
             conn.sent = 0;
             conn.send_progress_at = Instant::now();
             conn_id(index, conn.generation)
@@ -477,11 +506,14 @@ impl Net {
             assert!(filled <= conn.input.capacity(), "the kernel received within the buffer");
             // SAFETY: the kernel initialised `result` bytes after the old length.
             unsafe { conn.input.set_len(filled) };
-            self.received_at.set(conn.rx.received_at());
+            let last = conn.rx.received_at();
+            let after = conn.last_received_at.replace(last.unwrap_or(Instant::now()));
+            let after = after.map_or(super::idle_at(), |after| after.max(super::idle_at()));
+            self.received.set(last.map(|last| Received { after: after.min(last), last }));
             std::mem::take(&mut conn.input)
         };
         let consumed = self.handler().received(id, &input);
-        self.received_at.set(None);
+        self.received.set(None);
         assert!(consumed <= input.len(), "a handler consumes only what it was given");
         input.drain(..consumed);
         let mut state = self.state.borrow_mut();
@@ -731,6 +763,21 @@ mod tests {
     use super::*;
     use crate::uring::{block_on, sleep};
     use std::io::{Read as _, Write as _};
+
+    #[test]
+    fn a_receives_bytes_are_dated_back_from_its_last_over_its_span() {
+        let after = Instant::now();
+        let last = after + Duration::from_millis(10);
+        let received = Received { after, last };
+        // The last frame (ending at the end) is dated exactly; the others spread back evenly.
+        assert_eq!(received.estimate(400, 400), last);
+        assert_eq!(received.estimate(300, 400), last - Duration::from_micros(2_500));
+        assert_eq!(received.estimate(100, 400), last - Duration::from_micros(7_500));
+        assert_eq!(received.estimate(0, 400), after);
+        // No span (the core idled until the bytes came): every frame is dated by the last bytes.
+        let idle = Received { after: last, last };
+        assert_eq!(idle.estimate(100, 400), last);
+    }
 
     /// Echoes every byte back, upper-cased, and closes on "quit".
     struct Echo {

@@ -2,12 +2,14 @@
 //!
 //! Three signals. As in WeChat's DAGOR, the queueing delay requests see between arrival and
 //! start (a moving average, updated as requests start), and the work in flight (requests and
-//! bytes). And saturation: how long the core has gone without an idle moment. A saturated core
-//! also queues work where the server cannot see it, in its sockets' receive buffers, so while it
-//! stays saturated an admission level rises and a growing fraction of requests is refused at
-//! once, from the header alone; it falls again when the core finds idle time.
-//! Each priority gets a share of the limits: the lowest priority is refused first, the highest
-//! last. A refusal costs a header decode and a 32-byte answer: no body parsing, no allocation.
+//! bytes). And the wait in the sockets: a core that falls behind queues requests in its
+//! sockets' receive buffers, where only the kernel's receive timestamps show them. As in CoDel,
+//! a standing queue is told from a burst by the *least* socket wait over an interval: while
+//! even that exceeds the target (`queue-delay-max`), requests that waited longer than their
+//! priority's share of it are refused at once, from the header alone; bursts (a quota's freeze,
+//! a scheduling hiccup) pass. Each priority gets a share of the limits: the lowest priority is
+//! refused first, the highest last. A refusal costs a header decode and a 32-byte answer: no
+//! body parsing, no allocation.
 //!
 //! Invariant: an admitted request is counted in flight until `finish` is called for it, exactly
 //! once.
@@ -26,13 +28,14 @@ pub enum Refusal {
     QueueDelay,
     /// The request's deadline passed before it could start.
     DeadlinePassed,
-    /// The core has had no idle moment for a while: its sockets hold a backlog.
-    Saturated,
+    /// The sockets hold a standing queue and the request waited in one longer than its
+    /// priority allows.
+    SocketWait,
 }
 
 impl Refusal {
     pub const ALL: [Self; 5] =
-        [Self::InflightRequests, Self::InflightBytes, Self::QueueDelay, Self::DeadlinePassed, Self::Saturated];
+        [Self::InflightRequests, Self::InflightBytes, Self::QueueDelay, Self::DeadlinePassed, Self::SocketWait];
 
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -41,7 +44,7 @@ impl Refusal {
             Self::InflightBytes => "inflight_bytes",
             Self::QueueDelay => "queue_delay",
             Self::DeadlinePassed => "deadline_passed",
-            Self::Saturated => "saturated",
+            Self::SocketWait => "socket_wait",
         }
     }
 }
@@ -74,14 +77,11 @@ const PRIORITY_SHARE_PERCENT: [usize; 4] = [100, 85, 70, 55];
 /// Weight of a new queueing-delay sample in the moving average, as 1/N.
 const DELAY_EWMA_WEIGHT: u64 = 16;
 
-/// A core busy this long without an idle moment is saturated.
-const SATURATION_MIN: Duration = Duration::from_millis(5);
-/// How often the admission level is adjusted.
-const LEVEL_ADJUST_EVERY: Duration = Duration::from_millis(2);
-/// Level steps: up while saturated, down while not. One level sheds one priority fully.
-const LEVEL_STEP_UP: f64 = 0.08;
-const LEVEL_STEP_DOWN: f64 = 0.04;
-const LEVEL_MAX: f64 = 3.9;
+/// Requests are shed for their wait in the sockets only while the previous interval this long
+/// had an average wait above target: a backlog that persists, not a single stall (a preempted
+/// or frozen core) whose requests can still make their deadlines. Several CFS periods and
+/// scheduler ticks.
+const SOCKET_WAIT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The admission state of one shard.
 #[derive(Debug)]
@@ -91,14 +91,13 @@ pub struct Admission {
     inflight_bytes: usize,
     /// Moving average of arrival-to-start delay, µs.
     delay_avg_us: u64,
-    /// 0: admit everything; level `l` refuses a fraction `clamp(l - (3 - p), 0, 1)` of
-    /// priority `p` (3 is the lowest): the lowest priority goes first.
-    level: f64,
-    level_adjusted_at: Instant,
-    /// Per priority: refusals owed, so a fraction is refused evenly.
-    shed_debt: [f64; 4],
-    /// How long the core has been saturated, at the last adjustment.
-    saturated_for: Duration,
+    /// Requests' wait in the sockets in the current interval: the sum (µs) and the count, and
+    /// when the interval began.
+    interval_wait_us: u64,
+    interval_requests: u64,
+    interval_started: Instant,
+    /// The average wait of the last whole interval, µs: above target, the sockets hold a backlog.
+    socket_wait_avg_us: u64,
     /// Moving average of start-to-finish time of requests, µs.
     service_avg_us: u64,
 }
@@ -112,10 +111,10 @@ impl Admission {
             inflight_requests: 0,
             inflight_bytes: 0,
             delay_avg_us: 0,
-            level: 0.0,
-            level_adjusted_at: Instant::now(),
-            shed_debt: [0.0; 4],
-            saturated_for: Duration::ZERO,
+            interval_wait_us: 0,
+            interval_requests: 0,
+            interval_started: Instant::now(),
+            socket_wait_avg_us: 0,
             service_avg_us: 0,
         }
     }
@@ -174,37 +173,40 @@ impl Admission {
         self.finish(bytes);
     }
 
-    /// The cheap first check, from the header alone: refuses a share of requests while the core
-    /// is saturated (`busy`: the core's CPU time since it last had nothing to do; asked only
-    /// when the level is adjusted).
-    pub fn fast_reject(
+    /// The cheap first check, from the header alone, of a request that `waited` in its socket
+    /// (from the kernel's receive time). Refused unstarted: a request that waited past its
+    /// `budget`; and, while the sockets hold a backlog (the last whole interval's average wait
+    /// was above the request's priority's share of `queue-delay-max`), one that waited past that
+    /// share. A backlog sheds its oldest requests, lowest priority first; a single stall only
+    /// what outlived its deadline, since its backlog is gone by the next interval. The retry
+    /// hint is the wait: the backlog ahead of the client is that old.
+    pub fn check_socket_wait(
         &mut self,
         priority: Priority,
+        waited: Duration,
+        budget: Duration,
         now: Instant,
-        busy: impl FnOnce() -> Duration,
     ) -> Result<(), (Refusal, Duration)> {
-        if now.saturating_duration_since(self.level_adjusted_at) >= LEVEL_ADJUST_EVERY {
-            self.level_adjusted_at = now;
-            self.saturated_for = busy();
-            let saturated = self.saturated_for > SATURATION_MIN;
-            self.level = if saturated {
-                (self.level + LEVEL_STEP_UP).min(LEVEL_MAX)
-            } else {
-                (self.level - LEVEL_STEP_DOWN).max(0.0)
-            };
+        if now.saturating_duration_since(self.interval_started) >= SOCKET_WAIT_INTERVAL {
+            // An interval without requests (or several) ends any backlog.
+            let whole = now.saturating_duration_since(self.interval_started) < 2 * SOCKET_WAIT_INTERVAL;
+            self.socket_wait_avg_us =
+                if whole && self.interval_requests > 0 { self.interval_wait_us / self.interval_requests } else { 0 };
+            self.interval_wait_us = 0;
+            self.interval_requests = 0;
+            self.interval_started = now;
         }
-        if self.level == 0.0 {
-            return Ok(());
+        let waited_us = waited.as_micros().min(u128::from(u32::MAX)) as u64;
+        self.interval_wait_us += waited_us;
+        self.interval_requests += 1;
+        let retry = waited.max(self.limits.retry_after_min);
+        if waited > budget {
+            return Err((Refusal::DeadlinePassed, retry));
         }
-        let p = priority.index();
-        let fraction = (self.level - (3 - p) as f64).clamp(0.0, 1.0);
-        self.shed_debt[p] += fraction;
-        if self.shed_debt[p] >= 1.0 {
-            self.shed_debt[p] -= 1.0;
-            // Come back after about a queue's worth of delay: long enough for the backlog to
-            // shrink, short enough that a client does not idle while the core recovers.
-            let retry = self.limits.queue_delay_max.max(self.limits.retry_after_min);
-            return Err((Refusal::Saturated, retry));
+        let share = PRIORITY_SHARE_PERCENT[priority.index()] as u64;
+        let target_us = self.limits.queue_delay_max.as_micros() as u64 * share / 100;
+        if self.socket_wait_avg_us > target_us && waited_us > target_us {
+            return Err((Refusal::SocketWait, retry));
         }
         Ok(())
     }
@@ -292,32 +294,56 @@ mod tests {
     }
 
     #[test]
-    fn a_saturated_core_sheds_a_growing_share_lowest_priority_first() {
+    fn a_socket_backlog_sheds_lowest_priority_first_and_stalls_pass() {
         let mut a = Admission::new(limits());
+        let ms = Duration::from_millis;
+        let budget = Duration::from_secs(1);
         let start = Instant::now();
-        let busy_since = start;
+        // Bursts: one request in five waited 15 ms (a frozen core), the rest were read at once,
+        // so the average stays below the target (10 ms): nothing is refused.
+        for i in 0..1000u64 {
+            let waited = if i % 5 == 0 { ms(15) } else { Duration::ZERO };
+            assert!(a.check_socket_wait(Priority::Lowest, waited, budget, start + ms(i)).is_ok(), "request {i}");
+        }
+        // A single stall: every request read after it waited 300 ms, but within its budget it
+        // is served; and the requests after it, which did not wait, are served too.
+        let stall = start + ms(2000);
+        for i in 0..100u64 {
+            let now = stall + Duration::from_micros(i * 10);
+            assert!(a.check_socket_wait(Priority::Lowest, ms(300), budget, now).is_ok(), "request {i}");
+        }
+        for i in 0..100u64 {
+            let now = stall + ms(1 + i);
+            assert!(a.check_socket_wait(Priority::Lowest, ms(1), budget, now).is_ok(), "request {i} after the stall");
+        }
+        // A backlog: every request waits 8 ms, for 100 ms. From the second interval on, the two
+        // lowest priorities (targets 55% and 70% of 10 ms) are refused, with the wait as their
+        // hint; the two highest (85%, 100%) are not.
+        let backlog = start + ms(5000);
         let mut refused = [0u32; 4];
-        // 60 ms without an idle moment, 100 requests of each priority per 2 ms.
-        for step in 1..=30u32 {
-            let now = start + Duration::from_millis(2 * u64::from(step));
+        for step in 0..100u64 {
             for priority in Priority::ALL {
-                for _ in 0..100 {
-                    if a.fast_reject(priority, now, || now - busy_since).is_err() {
-                        refused[priority.index()] += 1;
-                    }
+                if let Err((why, retry)) = a.check_socket_wait(priority, ms(8), budget, backlog + ms(step)) {
+                    assert_eq!(why, Refusal::SocketWait);
+                    assert_eq!(retry, ms(8));
+                    assert!(step >= 20, "refused at step {step}, in the backlog's first interval");
+                    refused[priority.index()] += 1;
                 }
             }
         }
-        assert!(refused[3] > refused[2] && refused[2] > 0, "{refused:?}");
-        assert_eq!(refused[0], 0, "{refused:?}");
-        // Idle again: the level falls back to admitting everything.
-        let later = start + Duration::from_secs(1);
-        for step in 1..=200u32 {
-            let now = later + Duration::from_millis(2 * u64::from(step));
-            let _ = a.fast_reject(Priority::Lowest, now, || Duration::ZERO);
+        assert!(refused[3] > 50 && refused[2] > 50, "{refused:?}");
+        assert_eq!(refused[0] + refused[1], 0, "{refused:?}");
+        let now = backlog + ms(100);
+        // In a backlog, fresh requests still pass: only the old ones are shed.
+        assert!(a.check_socket_wait(Priority::Lowest, ms(1), budget, now).is_ok());
+        // Past its budget, a request is refused whatever the backlog.
+        let past = a.check_socket_wait(Priority::Highest, ms(30), ms(20), now);
+        assert_eq!(past.unwrap_err().0, Refusal::DeadlinePassed);
+        // The backlog drains: the next whole interval's average is low and the shedding ends.
+        for i in 0..50u64 {
+            let _ = a.check_socket_wait(Priority::Lowest, Duration::ZERO, budget, now + ms(i));
         }
-        let now = later + Duration::from_millis(500);
-        assert!(a.fast_reject(Priority::Lowest, now, || Duration::ZERO).is_ok());
+        assert!(a.check_socket_wait(Priority::Lowest, ms(7), budget, now + ms(50)).is_ok());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use strata_format::protocol::{
 };
 use strata_format::route::shard_of;
 use strata_format::ticket::Ticket;
-use strata_ioengine::uring::net::{ConnId, Net, NetHandler};
+use strata_ioengine::uring::net::{ConnId, Net, NetHandler, Received};
 use strata_ioengine::uring::{self, Priority as TaskPriority, Remote};
 use strata_ioengine::{SystemClock, UringDisk};
 
@@ -107,11 +107,11 @@ pub struct Server {
     draining: Cell<bool>,
     /// The time the current turn's frames arrived (read once per receive).
     turn_now: Cell<Instant>,
-    /// When the kernel received the last bytes being handled: their requests waited in the
-    /// socket at least since then. `None` when unknown.
-    turn_received_at: Cell<Option<Instant>>,
-    /// Moving average (weight 1/16) of requests' wait in the sockets, µs.
-    socket_wait_avg_us: Cell<u32>,
+    /// When the bytes being handled reached the socket (`None` when unknown), their length,
+    /// and where the frame being handled ends in them: its requests' wait in the socket.
+    turn_received: Cell<Option<Received>>,
+    turn_input_len: Cell<usize>,
+    turn_frame_end: Cell<usize>,
     /// Admitted requests waiting for a slot, by priority (highest first).
     waiting: RefCell<[VecDeque<Waiting>; 4]>,
     /// GETs reading the disk now, by a hash of their key (collisions are told apart inside).
@@ -160,8 +160,9 @@ impl Server {
             tickets: RefCell::default(),
             draining: Cell::new(false),
             turn_now: Cell::new(Instant::now()),
-            turn_received_at: Cell::new(None),
-            socket_wait_avg_us: Cell::new(0),
+            turn_received: Cell::new(None),
+            turn_input_len: Cell::new(0),
+            turn_frame_end: Cell::new(0),
             waiting: RefCell::new(Default::default()),
             reads_in_flight: RefCell::default(),
         });
@@ -260,7 +261,8 @@ impl Server {
     /// Handles the frames at the start of `input`; returns the bytes consumed.
     fn on_input(self: &Rc<Self>, conn: ConnId, input: &[u8]) -> usize {
         self.turn_now.set(Instant::now());
-        self.turn_received_at.set(self.net.received_at());
+        self.turn_received.set(self.net.received());
+        self.turn_input_len.set(input.len());
         let mut consumed = 0;
         while let Some(header_bytes) = input[consumed..].first_chunk::<HEADER_SIZE>() {
             let header = match FrameHeader::decode(header_bytes) {
@@ -299,10 +301,11 @@ impl Server {
             let Some(body) = input[consumed + HEADER_SIZE..].get(..header.body_len as usize) else {
                 break; // Wait for the rest of the frame; the network grows the buffer as it comes.
             };
+            self.turn_frame_end.set(consumed + frame_len);
             self.on_frame(Reply::Local(conn), conn, header, body);
             consumed += frame_len;
         }
-        self.turn_received_at.set(None);
+        self.turn_received.set(None);
         consumed
     }
 
@@ -342,36 +345,25 @@ impl Server {
     fn on_frame(self: &Rc<Self>, reply: Reply, conn: ConnId, header: Header, body: &[u8]) {
         self.metrics.request(header.opcode);
         let to = header.reply_to();
-        // FastReject: while the core is saturated, a share of requests is refused from the
-        // header alone, before any body is checked or parsed.
-        if !matches!(header.opcode, Opcode::Ping | Opcode::Auth | Opcode::Stats) {
-            // A request that outlived its deadline in the socket (the core was saturated, or
-            // held back by a CPU quota) is refused unstarted, from its header.
-            if let Some(received_at) = self.turn_received_at.get() {
-                let waited = self.turn_now.get().saturating_duration_since(received_at);
-                let budget = if header.deadline_us == 0 {
-                    self.options.default_deadline
-                } else {
-                    Duration::from_micros(header.deadline_us.into())
-                };
-                let waited_us = waited.as_micros().min(u128::from(u32::MAX)) as u32;
-                self.metrics.socket_wait.record(u64::from(waited_us));
-                let avg = self.socket_wait_avg_us.get();
-                self.socket_wait_avg_us.set(avg - avg / 16 + waited_us / 16);
-                if waited > budget {
-                    // The backlog ahead of the client is at least this old: come back after about
-                    // that long, when it may have drained.
-                    self.metrics.rejection(admission::Refusal::DeadlinePassed);
-                    return self
-                        .respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, waited_us));
-                }
-            }
-            let verdict =
-                self.admission.borrow_mut().fast_reject(header.priority, self.turn_now.get(), uring::busy_since_idle);
+        // FastReject: a request that waited too long in its socket (the core fell behind, or was
+        // held back by a CPU quota) is refused from its header alone, before any body is
+        // checked or parsed.
+        if !matches!(header.opcode, Opcode::Ping | Opcode::Auth | Opcode::Stats)
+            && let Some(received) = self.turn_received.get()
+        {
+            let arrived = received.estimate(self.turn_frame_end.get(), self.turn_input_len.get());
+            let waited = self.turn_now.get().saturating_duration_since(arrived);
+            let budget = if header.deadline_us == 0 {
+                self.options.default_deadline
+            } else {
+                Duration::from_micros(header.deadline_us.into())
+            };
+            self.metrics.socket_wait.record(waited.as_micros() as u64);
+            let now = self.turn_now.get();
+            let verdict = self.admission.borrow_mut().check_socket_wait(header.priority, waited, budget, now);
             if let Err((refusal, retry)) = verdict {
                 self.metrics.rejection(refusal);
-                // While requests wait in the sockets, a retry sooner than that wait only queues again.
-                let retry_us = (retry.as_micros().min(u128::from(u32::MAX)) as u32).max(self.socket_wait_avg_us.get());
+                let retry_us = retry.as_micros().min(u128::from(u32::MAX)) as u32;
                 return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
             }
         }
