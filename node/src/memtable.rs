@@ -17,29 +17,37 @@ pub struct MemEntry {
     pub value: Option<Box<[u8]>>,
 }
 
-/// A memtable key: the encoded key, with its first 8 bytes kept inline as a big-endian number.
-/// A tree search compares the inline prefixes first and follows the pointer to the key's bytes
+/// A memtable key: the encoded key, with its first 16 bytes also kept inline as a big-endian
+/// number. A tree search compares the numbers first and follows the pointer to the key's bytes
 /// only when they tie: most comparisons then touch no memory outside the tree node (with plain
-/// boxed keys every comparison was a cache miss, the largest cost of a memory-resident GET).
-/// The order is the encoded keys' byte order.
+/// boxed keys every comparison was a cache miss). 16 bytes, not 8, so that pkeys sharing their
+/// first bytes (`user:000…`, after the length byte) still differ in the number; the key stays
+/// 32 bytes, so a node's keys span few cache lines (inline key bytes made nodes so large that
+/// the search got slower). The order is the encoded keys' byte order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MemKey {
-    prefix: u64,
+    prefix: u128,
     key: Box<[u8]>,
 }
 
 impl MemKey {
     fn new(key: &[u8]) -> Self {
-        let mut head = [0u8; 8];
-        let n = key.len().min(8);
+        let mut head = [0u8; 16];
+        let n = key.len().min(16);
         head[..n].copy_from_slice(&key[..n]);
-        Self { prefix: u64::from_be_bytes(head), key: Box::from(key) }
+        Self { prefix: u128::from_be_bytes(head), key: Box::from(key) }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key
     }
 }
 
 impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.prefix.cmp(&other.prefix).then_with(|| self.key.cmp(&other.key))
+        // Zero padding keeps the numbers' order the keys' order: a key shorter than 16 bytes
+        // ties with its zero-extended forms, and the bytes decide.
+        self.prefix.cmp(&other.prefix).then_with(|| self.key().cmp(other.key()))
     }
 }
 
@@ -141,12 +149,12 @@ impl Memtable {
             _ => false,
         };
         let iter = if empty { None } else { Some(self.entries.range((from, to))) };
-        iter.into_iter().flatten().map(|(k, v)| (&*k.key, v))
+        iter.into_iter().flatten().map(|(k, v)| (k.key(), v))
     }
 
     /// Every entry in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &MemEntry)> {
-        self.entries.iter().map(|(k, v)| (&*k.key, v))
+        self.entries.iter().map(|(k, v)| (k.key(), v))
     }
 }
 
@@ -167,9 +175,27 @@ mod tests {
 
     #[test]
     fn memtable_orders_by_key_bytes_whatever_the_prefix() {
-        // Keys that tie on their first 8 bytes, differ inside them, or are prefixes of others.
-        let keys: Vec<&[u8]> =
-            vec![b"abcdefgh", b"abcdefgh\0", b"abcdefghz", b"abcdefgi", b"abc", b"ab\xff", b"b", b"abcdefga\xff"];
+        // Keys that tie on their first 16 bytes, differ inside them, or are prefixes of others.
+        let long = [b'q'; 60];
+        let longer = [b'q'; 61];
+        let keys: Vec<&[u8]> = vec![
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghz",
+            b"abcdefgi",
+            b"abc",
+            b"ab\xff",
+            b"b",
+            b"abcdefga\xff",
+            b"0123456789abcdef",
+            b"0123456789abcdef\0",
+            b"0123456789abcdeg",
+            b"0123456789abcdef0123456789abcdef0123456",
+            b"0123456789abcdef0123456789abcdef012345",
+            &long,
+            &longer,
+            b"qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqr",
+        ];
         let mut m = Memtable::new();
         for (i, k) in keys.iter().enumerate() {
             m.apply(k, i as u64 + 1, Some(b"v"));
