@@ -765,7 +765,7 @@ mod tests {
     use std::io::{Read as _, Write as _};
 
     #[test]
-    fn a_receives_bytes_are_dated_back_from_its_last_over_its_span() {
+    fn the_bytes_of_a_receive_are_dated_back_from_its_last_over_its_span() {
         let after = Instant::now();
         let last = after + Duration::from_millis(10);
         let received = Received { after, last };

@@ -351,15 +351,15 @@ impl Server {
         if !matches!(header.opcode, Opcode::Ping | Opcode::Auth | Opcode::Stats)
             && let Some(received) = self.turn_received.get()
         {
+            let now = self.turn_now.get();
             let arrived = received.estimate(self.turn_frame_end.get(), self.turn_input_len.get());
-            let waited = self.turn_now.get().saturating_duration_since(arrived);
+            let waited = now.saturating_duration_since(arrived);
             let budget = if header.deadline_us == 0 {
                 self.options.default_deadline
             } else {
                 Duration::from_micros(header.deadline_us.into())
             };
             self.metrics.socket_wait.record(waited.as_micros() as u64);
-            let now = self.turn_now.get();
             let verdict = self.admission.borrow_mut().check_socket_wait(header.priority, waited, budget, now);
             if let Err((refusal, retry)) = verdict {
                 self.metrics.rejection(refusal);
