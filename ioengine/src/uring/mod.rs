@@ -107,6 +107,8 @@ struct Inner {
     idle_at: Cell<std::time::Instant>,
     /// The thread's voluntary and involuntary context switches when last read.
     switches: Cell<(i64, i64)>,
+    /// When the ring last returned to this thread (see [`turn_time`]).
+    turn_at: Cell<std::time::Instant>,
 }
 
 struct RemoteShared {
@@ -166,6 +168,14 @@ pub fn remote() -> Remote {
 #[must_use]
 pub(crate) fn idle_at() -> std::time::Instant {
     with_current(|inner| inner.idle_at.get())
+}
+
+/// When the current runtime's ring last returned to it: the start of the turn that is handling
+/// completions now. A clock for what needs no finer grain than a turn (progress of sends), read
+/// once per turn instead of once per event.
+#[must_use]
+pub(crate) fn turn_time() -> std::time::Instant {
+    with_current(|inner| inner.turn_at.get())
 }
 
 /// Voluntary and involuntary context switches of the calling thread so far.
@@ -325,6 +335,7 @@ impl Inner {
             unsubmitted: Cell::new(0),
             idle_at: Cell::new(std::time::Instant::now()),
             switches: Cell::new(context_switches()),
+            turn_at: Cell::new(std::time::Instant::now()),
         })
     }
 
@@ -451,20 +462,24 @@ impl Inner {
                 let result = if wait {
                     let before = std::time::Instant::now();
                     let result = ring.submit_and_wait(1);
+                    let after = std::time::Instant::now();
+                    self.turn_at.set(after);
                     // A wait this long may have been idle: it was if the thread slept and was not
                     // preempted (or frozen by a CPU quota) since the switches were last read.
                     // Shorter waits are not worth the system call; an old preemption counted
                     // against a later wait only makes the idle moment older, never newer.
-                    if before.elapsed() >= IDLE_WAIT_MIN {
+                    if after.saturating_duration_since(before) >= IDLE_WAIT_MIN {
                         let (slept, preempted) = context_switches();
                         let (slept_before, preempted_before) = self.switches.replace((slept, preempted));
                         if slept > slept_before && preempted == preempted_before {
-                            self.idle_at.set(std::time::Instant::now());
+                            self.idle_at.set(after);
                         }
                     }
                     result
                 } else {
-                    ring.submit()
+                    let result = ring.submit();
+                    self.turn_at.set(std::time::Instant::now());
+                    result
                 };
                 match result {
                     Ok(_) => {}

@@ -437,7 +437,7 @@ impl Net {
             conn.paused = false;
             conn.last_received_at = None;
             conn.sent = 0;
-            conn.send_progress_at = Instant::now();
+            conn.send_progress_at = super::turn_time();
             conn_id(index, conn.generation)
         };
         self.handler().accepted(id, listener);
@@ -548,7 +548,7 @@ impl Net {
             return false;
         }
         if conn.queued.is_empty() && !conn.send_in_flight {
-            conn.send_progress_at = Instant::now();
+            conn.send_progress_at = super::turn_time();
         }
         write(&mut conn.queued);
         if conn.queued.len() + conn.sending.len() - conn.sent > self.limits.output_max {
@@ -613,7 +613,7 @@ impl Net {
                 return;
             }
             conn.sent += result as usize;
-            conn.send_progress_at = Instant::now();
+            conn.send_progress_at = super::turn_time();
             let pending = conn.queued.len() + conn.sending.len() - conn.sent;
             if pending == 0
                 && let Some(reason) = conn.linger.take()

@@ -557,7 +557,8 @@ impl Server {
         let queued_ahead: usize = self.waiting.borrow()[..=p].iter().map(VecDeque::len).sum();
         let decision = self.admission.borrow_mut().decide(header.priority, bytes, deadline_us, queued_ahead);
         match decision {
-            Decision::Start => self.run(reply, header, body.to_vec(), arrival, deadline_us),
+            // Started in the turn it arrived in: its arrival time is its start time.
+            Decision::Start => self.run(reply, header, body.to_vec(), arrival, arrival, deadline_us),
             Decision::Queue => {
                 let waiting = Waiting { reply, header, body: body.to_vec(), arrival, deadline_us };
                 self.waiting.borrow_mut()[p].push_back(waiting);
@@ -572,13 +573,20 @@ impl Server {
 
     /// Serves an admitted request that holds a slot; when it finishes, the slot goes to the
     /// next waiting request.
-    fn run(self: &Rc<Self>, reply: Reply, header: Header, body: Vec<u8>, arrival: Instant, deadline_us: u32) {
+    fn run(
+        self: &Rc<Self>,
+        reply: Reply,
+        header: Header,
+        body: Vec<u8>,
+        arrival: Instant,
+        started: Instant,
+        deadline_us: u32,
+    ) {
         self.metrics.inflight_requests.fetch_add(1, Relaxed);
         let bytes = HEADER_SIZE + body.len();
         let server = self.clone();
         let mut future = Box::pin(async move {
-            let started = Instant::now();
-            server.serve(reply, header, &body, arrival, deadline_us).await;
+            server.serve(reply, header, &body, arrival, started, deadline_us).await;
             server.admission.borrow_mut().finish_served(bytes, started.elapsed());
             server.metrics.inflight_requests.fetch_sub(1, Relaxed);
             server.start_waiting();
@@ -602,13 +610,20 @@ impl Server {
                 }
                 queue.pop_front().expect("non-empty")
             };
-            self.run(next.reply, next.header, next.body, next.arrival, next.deadline_us);
+            self.run(next.reply, next.header, next.body, next.arrival, Instant::now(), next.deadline_us);
         }
     }
 
-    async fn serve(&self, reply: Reply, header: Header, body: &[u8], arrival: Instant, deadline_us: u32) {
+    async fn serve(
+        &self,
+        reply: Reply,
+        header: Header,
+        body: &[u8],
+        arrival: Instant,
+        started: Instant,
+        deadline_us: u32,
+    ) {
         let to = header.reply_to();
-        let started = Instant::now();
         let start = self.admission.borrow_mut().start(arrival, deadline_us, started);
         if let Err(refusal) = start {
             self.metrics.rejection(refusal);
