@@ -5,6 +5,11 @@
 //! peer); GET of memory-resident data with Redis GET. The same again with both servers held to
 //! one cgroup CPU quota, so the server, not the generator, is the bottleneck. The generator's own
 //! CPU is reported: a saturated generator makes every ratio meaningless.
+//!
+//! The machines are shared and noisy: a row moves by 10–20% between runs. So every row is
+//! measured in several rounds, the servers taking turns within each, and each ratio is taken
+//! within a round (Strata against the peer measured just before or after it); the reported
+//! ratio is the median of the rounds', with the lowest and highest beside it.
 
 use crate::loadgen::{self, Arrival, Keys, LoadSpec, Op, Proto};
 use crate::servers::{Server, ServerKind};
@@ -25,10 +30,14 @@ pub struct Args {
     pub seconds: f64,
     /// Percent of one CPU for the quota runs (none: skip them).
     pub quota_percent: Option<u32>,
+    /// Rounds of every row.
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// Which round (from 0) measured it.
+    pub round: usize,
     pub workload: &'static str,
     pub server: &'static str,
     pub quota_percent: Option<u32>,
@@ -46,8 +55,13 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
     pub name: &'static str,
+    /// The median of the rounds' ratios.
     pub value: f64,
+    /// The lowest and the highest round's ratio.
+    pub low: f64,
+    pub high: f64,
     pub goal: &'static str,
+    /// Judged on the median.
     pub met: bool,
 }
 
@@ -58,6 +72,7 @@ pub struct Report {
     pub keys: u64,
     pub value_bytes: usize,
     pub seconds: f64,
+    pub rounds: usize,
     pub server_cpu: usize,
     pub generator_cpu: usize,
     pub rows: Vec<Row>,
@@ -92,7 +107,14 @@ fn spec(args: &Args, server: &Server, op: Op, keys: Keys, depth: usize, seconds:
     }
 }
 
-fn measure(args: &Args, server: &Server, workload: &'static str, op: Op, quota: Option<u32>) -> Result<Row, String> {
+fn measure(
+    args: &Args,
+    round: usize,
+    server: &Server,
+    workload: &'static str,
+    op: Op,
+    quota: Option<u32>,
+) -> Result<Row, String> {
     let load = spec(args, server, op, Keys::Uniform(args.keys), args.depth, args.seconds);
     let cpu0 = server.cpu_us();
     let result = loadgen::run(&load)?;
@@ -100,6 +122,7 @@ fn measure(args: &Args, server: &Server, workload: &'static str, op: Op, quota: 
     let ops = result.ok + result.not_found;
     let h = &result.latency_ok_us;
     Ok(Row {
+        round,
         workload,
         server: server.kind.name(),
         quota_percent: quota,
@@ -119,44 +142,98 @@ pub fn run(args: &Args) -> Result<Report, String> {
     strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     let quotas: Vec<Option<u32>> = std::iter::once(None).chain(args.quota_percent.map(Some)).collect();
-    for &quota in &quotas {
-        let puts: &[ServerKind] = if quota.is_none() {
-            &[ServerKind::Strata, ServerKind::RedisNoPersistence, ServerKind::RedisFsyncAlways]
+    for round in 0..args.rounds {
+        measure_round(args, round, &quotas, &mut rows)?;
+    }
+    let _ = std::fs::remove_dir_all(args.dir.join("server"));
+    let ratios = ratios(args, &rows);
+    Ok(Report {
+        connections: args.connections,
+        depth: args.depth,
+        keys: args.keys,
+        value_bytes: args.value_bytes,
+        seconds: args.seconds,
+        rounds: args.rounds,
+        server_cpu: args.server_cpu,
+        generator_cpu: args.generator_cpu,
+        rows,
+        ratios,
+    })
+}
+
+/// One round: every row once. Odd rounds start each group with the peers, so neither server
+/// always runs first (on a machine that warms up or tires during a group).
+fn measure_round(args: &Args, round: usize, quotas: &[Option<u32>], rows: &mut Vec<Row>) -> Result<(), String> {
+    let ordered = |mut kinds: Vec<ServerKind>| {
+        if round % 2 == 1 {
+            kinds.reverse();
+        }
+        kinds
+    };
+    for &quota in quotas {
+        let puts = ordered(if quota.is_none() {
+            vec![ServerKind::Strata, ServerKind::RedisNoPersistence, ServerKind::RedisFsyncAlways]
         } else {
-            &[ServerKind::Strata, ServerKind::RedisNoPersistence]
-        };
-        for &kind in puts {
+            vec![ServerKind::Strata, ServerKind::RedisNoPersistence]
+        });
+        for kind in puts {
             let mut server = Server::start(kind, args.server_cpu, &args.dir.join("server"), STRATA_IN_MEMORY)?;
             if let Some(percent) = quota {
                 server.limit_cpu(percent, 10_000)?;
             }
-            rows.push(measure(args, &server, "PUT", Op::Put, quota)?);
+            rows.push(measure(args, round, &server, "PUT", Op::Put, quota)?);
         }
-        for kind in [ServerKind::Strata, ServerKind::RedisNoPersistence] {
+        for kind in ordered(vec![ServerKind::Strata, ServerKind::RedisNoPersistence]) {
             let mut server = Server::start(kind, args.server_cpu, &args.dir.join("server"), STRATA_IN_MEMORY)?;
             let proto = if kind == ServerKind::Strata { Proto::Native } else { Proto::Resp };
             loadgen::preload(server.addr, proto, args.keys, args.value_bytes, args.connections)?;
             if let Some(percent) = quota {
                 server.limit_cpu(percent, 10_000)?;
             }
-            rows.push(measure(args, &server, "GET", Op::Get, quota)?);
+            rows.push(measure(args, round, &server, "GET", Op::Get, quota)?);
         }
     }
-    let _ = std::fs::remove_dir_all(args.dir.join("server"));
-    let find = |workload: &str, server: ServerKind, quota: Option<u32>| {
-        rows.iter().find(|r| r.workload == workload && r.server == server.name() && r.quota_percent == quota)
+    Ok(())
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+fn ratios(args: &Args, rows: &[Row]) -> Vec<Ratio> {
+    let find = |round: usize, workload: &str, server: ServerKind, quota: Option<u32>| {
+        rows.iter().find(|r| {
+            r.round == round && r.workload == workload && r.server == server.name() && r.quota_percent == quota
+        })
     };
+    // One ratio per round that measured both rows.
+    let per_round = |of: &dyn Fn(usize) -> Option<f64>| -> Vec<f64> { (0..args.rounds).filter_map(of).collect() };
     let mut ratios = Vec::new();
-    let mut ratio = |name: &'static str, value: Option<f64>, goal: &'static str, met: fn(f64) -> bool| {
-        if let Some(value) = value {
-            ratios.push(Ratio { name, value, goal, met: met(value) });
+    let mut ratio = |name: &'static str, mut values: Vec<f64>, goal: &'static str, met: fn(f64) -> bool| {
+        if values.is_empty() {
+            return;
         }
+        let value = median(&mut values);
+        let (low, high) = (values[0], values[values.len() - 1]);
+        ratios.push(Ratio { name, value, low, high, goal, met: met(value) });
     };
     let (strata, redis, redis_fsync) =
         (ServerKind::Strata, ServerKind::RedisNoPersistence, ServerKind::RedisFsyncAlways);
-    let cpu =
-        |w, q| find(w, strata, q).zip(find(w, redis, q)).map(|(s, r)| s.server_cpu_us_per_op / r.server_cpu_us_per_op);
-    let tput = |w, peer, q| find(w, strata, q).zip(find(w, peer, q)).map(|(s, r)| s.ops_per_s / r.ops_per_s);
+    let cpu = |w: &'static str, q: Option<u32>| {
+        per_round(&|round| {
+            find(round, w, strata, q)
+                .zip(find(round, w, redis, q))
+                .map(|(s, r)| s.server_cpu_us_per_op / r.server_cpu_us_per_op)
+        })
+    };
+    let tput = |w: &'static str, peer: ServerKind, q: Option<u32>| {
+        per_round(&|round| {
+            find(round, w, strata, q).zip(find(round, w, peer, q)).map(|(s, r)| s.ops_per_s / r.ops_per_s)
+        })
+    };
     ratio("PUT server CPU per op vs redis SET (no persistence)", cpu("PUT", None), "<= 1.0", |v| v <= 1.0);
     ratio("PUT throughput vs redis SET (no persistence)", tput("PUT", redis, None), ">= 0.9", |v| v >= 0.9);
     ratio("PUT throughput vs redis SET (appendfsync always)", tput("PUT", redis_fsync, None), ">= 2.0", |v| v >= 2.0);
@@ -167,31 +244,34 @@ pub fn run(args: &Args) -> Result<Report, String> {
         ratio("PUT server CPU per op vs redis SET, CPU quota", cpu("PUT", Some(q)), "(reported)", |_| true);
         ratio("GET server CPU per op vs redis GET, CPU quota", cpu("GET", Some(q)), "(reported)", |_| true);
     }
-    Ok(Report {
-        connections: args.connections,
-        depth: args.depth,
-        keys: args.keys,
-        value_bytes: args.value_bytes,
-        seconds: args.seconds,
-        server_cpu: args.server_cpu,
-        generator_cpu: args.generator_cpu,
-        rows,
-        ratios,
-    })
+    ratios
 }
 
 pub fn summary(r: &Report) -> String {
     let mut out = format!(
-        "compare: {} connections x depth {}, {} keys, {} B values, {} s per row; server on core {}, generator on core {}\n",
-        r.connections, r.depth, r.keys, r.value_bytes, r.seconds, r.server_cpu, r.generator_cpu
+        "compare: {} connections x depth {}, {} keys, {} B values, {} s per row, {} rounds; server on core {}, \
+         generator on core {}\n",
+        r.connections, r.depth, r.keys, r.value_bytes, r.seconds, r.rounds, r.server_cpu, r.generator_cpu
     );
     out.push_str(&format!(
-        "  {:<5} {:<28} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>7}\n",
-        "op", "server", "quota", "ops/s", "p50us", "p99us", "p99.9us", "max us", "cpu us/op", "srv cpu", "gen cpu"
+        "  {:>5} {:<5} {:<28} {:>6} {:>10} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>7}\n",
+        "round",
+        "op",
+        "server",
+        "quota",
+        "ops/s",
+        "p50us",
+        "p99us",
+        "p99.9us",
+        "max us",
+        "cpu us/op",
+        "srv cpu",
+        "gen cpu"
     ));
     for row in &r.rows {
         out.push_str(&format!(
-            "  {:<5} {:<28} {:>6} {:>10.0} {:>7} {:>7} {:>8} {:>8} {:>9.2} {:>6.0}% {:>6.0}%{}\n",
+            "  {:>5} {:<5} {:<28} {:>6} {:>10.0} {:>7} {:>7} {:>8} {:>8} {:>9.2} {:>6.0}% {:>6.0}%{}\n",
+            row.round,
             row.workload,
             row.server,
             row.quota_percent.map_or("-".to_string(), |q| format!("{q}%")),
@@ -214,7 +294,22 @@ pub fn summary(r: &Report) -> String {
         } else {
             " NOT met".into()
         };
-        out.push_str(&format!("  {:<55} {:>6.2}x  goal {}{verdict}\n", ratio.name, ratio.value, ratio.goal));
+        out.push_str(&format!(
+            "  {:<55} {:>6.2}x ({:.2}-{:.2})  goal {}{verdict}\n",
+            ratio.name, ratio.value, ratio.low, ratio.high, ratio.goal
+        ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_round_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+    }
 }

@@ -122,6 +122,9 @@ enum Command {
         /// CPU quota for the quota runs, percent of one core (0: skip them).
         #[bpaf(long("quota-percent"), argument("PERCENT"), fallback(50), display_fallback)]
         quota_percent: u32,
+        /// Rounds of every row, servers taking turns; each ratio is the median of its rounds'.
+        #[bpaf(long("rounds"), argument("N"), fallback(3), display_fallback)]
+        rounds: usize,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -285,7 +288,7 @@ fn main() {
             cold_get::run(&args).map(|report| render(&report, json, cold_get::summary))
         }
         Command::Load { load } => loadgen::run_once(&load.into_spec()),
-        Command::Compare { net, depth, quota_percent, json } => {
+        Command::Compare { net, depth, quota_percent, rounds, json } => {
             let args = compare::Args {
                 dir: net.dir,
                 server_cpu: net.server_cpu,
@@ -296,6 +299,7 @@ fn main() {
                 value_bytes: net.value_bytes,
                 seconds: net.seconds,
                 quota_percent: (quota_percent > 0).then_some(quota_percent),
+                rounds: rounds.max(1),
             };
             compare::run(&args).map(|report| render(&report, json, compare::summary))
         }

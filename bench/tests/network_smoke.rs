@@ -35,17 +35,35 @@ fn compare_measures_strata_and_redis_side_by_side() {
         eprintln!("NOTICE: no writable cgroup v1 cpu controller: the quota rows are skipped");
     }
     let report = bench(
-        &["compare", "--seconds", "0.5", "--keys", "2000", "--connections", "4", "--quota-percent", quota],
+        &[
+            "compare",
+            "--seconds",
+            "0.5",
+            "--keys",
+            "2000",
+            "--connections",
+            "4",
+            "--quota-percent",
+            quota,
+            "--rounds",
+            "2",
+        ],
         dir.path(),
     );
     let rows = report["rows"].as_array().expect("rows");
-    assert!(rows.len() >= 5, "PUT x3 and GET x2 at least");
+    assert!(rows.len() >= 10, "PUT x3 and GET x2 at least, in each of 2 rounds");
+    assert_eq!(rows.iter().filter(|r| r["round"] == 1).count() * 2, rows.len(), "both rounds measure every row");
     for row in rows {
         assert!(row["ops_per_s"].as_f64().is_some_and(|v| v > 0.0), "no throughput in {row}");
         assert!(row["server_cpu_us_per_op"].as_f64().is_some_and(|v| v > 0.0), "no server CPU in {row}");
         assert_eq!(row["failed"].as_u64(), Some(0), "failures in {row}");
     }
-    assert!(report["ratios"].as_array().is_some_and(|r| r.len() >= 4));
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert!(ratios.len() >= 4);
+    for ratio in ratios {
+        let (low, value, high) = (ratio["low"].as_f64(), ratio["value"].as_f64(), ratio["high"].as_f64());
+        assert!(low <= value && value <= high && low.is_some_and(|v| v > 0.0), "the median within its rounds: {ratio}");
+    }
 }
 
 #[test]
