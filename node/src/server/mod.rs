@@ -557,8 +557,7 @@ impl Server {
         let queued_ahead: usize = self.waiting.borrow()[..=p].iter().map(VecDeque::len).sum();
         let decision = self.admission.borrow_mut().decide(header.priority, bytes, deadline_us, queued_ahead);
         match decision {
-            // Started in the turn it arrived in: its arrival time is its start time.
-            Decision::Start => self.run(reply, header, body.to_vec(), arrival, arrival, deadline_us),
+            Decision::Start => self.run(reply, header, body.to_vec(), arrival, Instant::now(), deadline_us),
             Decision::Queue => {
                 let waiting = Waiting { reply, header, body: body.to_vec(), arrival, deadline_us };
                 self.waiting.borrow_mut()[p].push_back(waiting);
