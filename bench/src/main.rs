@@ -153,6 +153,10 @@ enum Command {
         /// Which workloads to run: `both`, `disk` (SSD gets) or `cpu` (memory gets, then RSS).
         #[bpaf(long("workload"), argument("NAME"), fallback("both".to_string()), display_fallback)]
         workload: String,
+        /// Rounds of each workload, each on a fresh node; every figure is the median of the
+        /// rounds'.
+        #[bpaf(long("rounds"), argument("N"), fallback(3), display_fallback)]
+        rounds: usize,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -303,7 +307,7 @@ fn main() {
             };
             compare::run(&args).map(|report| render(&report, json, compare::summary))
         }
-        Command::Overload { net, quota_percent, rss_seconds, disk_keys, workload, json } => {
+        Command::Overload { net, quota_percent, rss_seconds, disk_keys, workload, rounds, json } => {
             let workloads = match workload.as_str() {
                 "both" => Ok((true, true)),
                 "disk" => Ok((true, false)),
@@ -324,6 +328,7 @@ fn main() {
                     seconds: net.seconds,
                     quota_percent,
                     rss_seconds,
+                    rounds: rounds.max(1),
                 };
                 overload::run(&args).map(|report| render(&report, json, overload::summary))
             })

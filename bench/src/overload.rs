@@ -6,6 +6,11 @@
 //! measured open-loop at half of it. For each multiple: goodput (OK within the deadline) against
 //! peak, rejections, p99 of admitted requests and of rejections; CPU-bound once more with the
 //! client's back-off on retry hints. Last, RSS growth of the server over a long 10x run.
+//!
+//! On this shared machine one run of a workload moves a lot: the CPU-bound goodput at 5x went
+//! from 46% to 98% between consecutive runs of the same build. So each workload runs in
+//! several rounds, each on a fresh node, and the summary gives every step's median with the
+//! lowest and highest round beside it.
 
 use crate::loadgen::{self, Arrival, Keys, LoadResult, LoadSpec, Op, Proto};
 use crate::servers::{Server, ServerKind};
@@ -30,6 +35,8 @@ pub struct Args {
     pub seconds: f64,
     pub quota_percent: u32,
     pub rss_seconds: f64,
+    /// Rounds of each workload.
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +58,8 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize)]
 pub struct Workload {
     pub name: &'static str,
+    /// Which round (from 0) measured it.
+    pub round: usize,
     /// Closed-loop rate: the base of the load multiples.
     pub capacity_per_s: f64,
     /// The best goodput seen (closed loop or any step): the base of `goodput_vs_peak`.
@@ -59,12 +68,80 @@ pub struct Workload {
     pub steps: Vec<Step>,
 }
 
+/// A figure over the rounds: the median, and the lowest and highest round's.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        assert!(n > 0, "a spread of no rounds");
+        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+        Self { median, low: values[0], high: values[n - 1] }
+    }
+}
+
+/// One step of a workload over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSummary {
+    pub multiple: f64,
+    pub backoff: bool,
+    pub goodput_vs_peak: Spread,
+    pub admitted_p99_vs_unloaded: Spread,
+    pub rejection_p99_us: Spread,
+}
+
+/// A workload over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadSummary {
+    pub name: &'static str,
+    pub rounds: usize,
+    pub capacity_per_s: Spread,
+    pub unloaded_p99_us: Spread,
+    pub steps: Vec<StepSummary>,
+}
+
+fn summarize(name: &'static str, rounds: &[&Workload]) -> WorkloadSummary {
+    let spread = |f: &dyn Fn(&Workload) -> f64| Spread::of(rounds.iter().map(|w| f(w)).collect());
+    let steps = rounds[0]
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            let of = |f: &dyn Fn(&Step) -> f64| Spread::of(rounds.iter().map(|w| f(&w.steps[i])).collect());
+            StepSummary {
+                multiple: first.multiple,
+                backoff: first.backoff,
+                goodput_vs_peak: of(&|s| s.goodput_vs_peak),
+                admitted_p99_vs_unloaded: of(&|s| s.admitted_p99_vs_unloaded),
+                rejection_p99_us: of(&|s| s.rejection_p99_us as f64),
+            }
+        })
+        .collect();
+    WorkloadSummary {
+        name,
+        rounds: rounds.len(),
+        capacity_per_s: spread(&|w| w.capacity_per_s),
+        unloaded_p99_us: spread(&|w| w.unloaded_p99_us as f64),
+        steps,
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub quota_percent: u32,
     pub deadline_ms: u64,
     pub connections: usize,
+    pub rounds: usize,
+    /// Every round of every workload.
     pub workloads: Vec<Workload>,
+    /// Each workload's steps over its rounds.
+    pub summaries: Vec<WorkloadSummary>,
     pub rss_seconds: f64,
     pub rss_start_bytes: u64,
     pub rss_end_bytes: u64,
@@ -137,6 +214,7 @@ fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadR
 
 fn workload(
     args: &Args,
+    round: usize,
     name: &'static str,
     config: &str,
     keys: u64,
@@ -174,26 +252,36 @@ fn workload(
     for s in &mut steps {
         s.goodput_vs_peak = s.goodput_per_s / best;
     }
-    Ok((Workload { name, capacity_per_s: peak, peak_goodput_per_s: best, unloaded_p99_us, steps }, server))
+    Ok((Workload { name, round, capacity_per_s: peak, peak_goodput_per_s: best, unloaded_p99_us, steps }, server))
 }
 
 pub fn run(args: &Args) -> Result<Report, String> {
     strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
     let mut workloads = Vec::new();
-    if args.disk {
-        let (disk, server) = workload(args, "disk-bound (SSD gets)", STRATA_DISK_BOUND, args.disk_keys, None)?;
-        drop(server);
-        workloads.push(disk);
-    }
+    let (disk_name, cpu_name) = ("disk-bound (SSD gets)", "CPU-bound (memory gets)");
     let (mut rss_seconds, mut rss_start_bytes, mut rss_end_bytes) = (0.0, 0, 0);
-    if args.cpu {
+    for round in 0..args.rounds {
+        if args.disk {
+            let (disk, server) = workload(args, round, disk_name, STRATA_DISK_BOUND, args.disk_keys, None)?;
+            drop(server);
+            workloads.push(disk);
+        }
+        if !args.cpu {
+            continue;
+        }
         let (memory, server) = workload(
             args,
-            "CPU-bound (memory gets)",
+            round,
+            cpu_name,
             crate::compare::STRATA_IN_MEMORY,
             args.memory_keys,
             Some(args.quota_percent),
         )?;
+        if round + 1 < args.rounds {
+            drop(server);
+            workloads.push(memory);
+            continue;
+        }
         // RSS over a long run at 10x, from a warmed-up start.
         let rate = memory.capacity_per_s * 10.0;
         let open = Arrival::Open { rate, poisson: true };
@@ -208,11 +296,20 @@ pub fn run(args: &Args) -> Result<Report, String> {
         workloads.push(memory);
     }
     let _ = std::fs::remove_dir_all(args.dir.join("server"));
+    let summaries = [disk_name, cpu_name]
+        .into_iter()
+        .filter_map(|name| {
+            let rounds: Vec<&Workload> = workloads.iter().filter(|w| w.name == name).collect();
+            (!rounds.is_empty()).then(|| summarize(name, &rounds))
+        })
+        .collect();
     Ok(Report {
         quota_percent: args.quota_percent,
         deadline_ms: DEADLINE.as_millis() as u64,
         connections: args.connections,
+        rounds: args.rounds,
         workloads,
+        summaries,
         rss_seconds,
         rss_start_bytes,
         rss_end_bytes,
@@ -227,7 +324,8 @@ pub fn summary(r: &Report) -> String {
     );
     for w in &r.workloads {
         out.push_str(&format!(
-            "  {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7}\n",
+            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7}\n",
+            w.round,
             w.name,
             w.capacity_per_s,
             w.peak_goodput_per_s,
@@ -261,6 +359,44 @@ pub fn summary(r: &Report) -> String {
             ));
         }
     }
+    for w in &r.summaries {
+        out.push_str(&format!(
+            "  {} over {} rounds: median (lowest-highest); capacity {:.0}/s ({:.0}-{:.0}), unloaded p99 {:.0} us \
+             ({:.0}-{:.0})\n    {:>4} {:>8} {:>20} {:>20} {:>24}\n",
+            w.name,
+            w.rounds,
+            w.capacity_per_s.median,
+            w.capacity_per_s.low,
+            w.capacity_per_s.high,
+            w.unloaded_p99_us.median,
+            w.unloaded_p99_us.low,
+            w.unloaded_p99_us.high,
+            "load",
+            "backoff",
+            "goodput vs peak",
+            "p99 / unloaded",
+            "rejection p99 us"
+        ));
+        for s in &w.steps {
+            let g = s.goodput_vs_peak;
+            let p = s.admitted_p99_vs_unloaded;
+            let j = s.rejection_p99_us;
+            out.push_str(&format!(
+                "    {:>3}x {:>8} {:>6.0}% ({:>3.0}-{:>3.0}%) {:>7.1}x ({:.1}-{:.1}x) {:>8.0} ({:.0}-{:.0})\n",
+                s.multiple,
+                if s.backoff { "yes" } else { "no" },
+                g.median * 100.0,
+                g.low * 100.0,
+                g.high * 100.0,
+                p.median,
+                p.low,
+                p.high,
+                j.median,
+                j.low,
+                j.high
+            ));
+        }
+    }
     if r.rss_start_bytes == 0 {
         return out;
     }
@@ -272,4 +408,17 @@ pub fn summary(r: &Report) -> String {
         r.rss_growth * 100.0
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn a_spread_is_the_median_round_between_the_lowest_and_highest() {
+        let s = Spread::of(vec![0.9, 0.5, 0.7]);
+        assert_eq!((s.median, s.low, s.high), (0.7, 0.5, 0.9));
+        let s = Spread::of(vec![2.0, 1.0]);
+        assert_eq!((s.median, s.low, s.high), (1.5, 1.0, 2.0));
+    }
 }

@@ -88,14 +88,25 @@ fn overload_reports_goodput_at_every_multiple() {
             "1",
             "--quota-percent",
             "20",
+            "--rounds",
+            "2",
         ],
         dir.path(),
     );
     let workloads = report["workloads"].as_array().expect("workloads");
-    assert_eq!(workloads.len(), 2);
+    assert_eq!(workloads.len(), 4, "two workloads in each of 2 rounds");
     for w in workloads {
         assert!(w["capacity_per_s"].as_f64().is_some_and(|v| v > 0.0), "{w}");
         assert_eq!(w["steps"].as_array().map(Vec::len), Some(6), "{w}");
+    }
+    let summaries = report["summaries"].as_array().expect("summaries");
+    assert_eq!(summaries.len(), 2);
+    for w in summaries {
+        assert_eq!(w["rounds"].as_u64(), Some(2), "{w}");
+        for s in w["steps"].as_array().expect("steps") {
+            let g = &s["goodput_vs_peak"];
+            assert!(g["low"].as_f64() <= g["median"].as_f64() && g["median"].as_f64() <= g["high"].as_f64(), "{s}");
+        }
     }
     assert!(report["rss_end_bytes"].as_u64().is_some_and(|v| v > 0));
 }
