@@ -247,14 +247,8 @@ mod tests {
             |text| text.parse().expect("STRATA_MEMTABLE_SEED should be a u64"),
         );
         println!("memtable model seed {seed} (replay with STRATA_MEMTABLE_SEED={seed})");
-        let mut state = seed;
-        let mut next = move || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
+        let mut rng = strata_ioengine::SimRng::new(seed);
+        let mut next = move || rng.next_u64();
         // Keys that share long prefixes, are prefixes of each other, and straddle 16 bytes.
         let pool: Vec<Vec<u8>> = (0..300)
             .map(|_| {

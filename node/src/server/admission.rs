@@ -3,11 +3,11 @@
 //! Three signals. As in WeChat's DAGOR, the queueing delay requests see between arrival and
 //! start (a moving average, updated as requests start), and the work in flight (requests and
 //! bytes). And the wait in the sockets: a core that falls behind queues requests in its
-//! sockets' receive buffers, where only the kernel's receive timestamps show them. As in CoDel,
-//! a standing queue is told from a burst by the *least* socket wait over an interval: while
-//! even that exceeds the target (`queue-delay-max`), requests that waited longer than their
-//! priority's share of it are refused at once, from the header alone; bursts (a quota's freeze,
-//! a scheduling hiccup) pass. Each priority gets a share of the limits: the lowest priority is
+//! sockets' receive buffers, where only the kernel's receive timestamps show them. While the
+//! average socket wait of the last whole interval exceeds a priority's share of the target
+//! (`queue-delay-max`), requests of that priority that waited longer than the share are refused
+//! at once, from the header alone; a single stall (a scheduling hiccup) passes, since its
+//! backlog is gone by the next interval. Each priority gets a share of the limits: the lowest priority is
 //! refused first, the highest last. A refusal costs a header decode and a 32-byte answer: no
 //! body parsing, no allocation.
 //!

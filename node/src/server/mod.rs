@@ -557,7 +557,7 @@ impl Server {
         let queued_ahead: usize = self.waiting.borrow()[..=p].iter().map(VecDeque::len).sum();
         let decision = self.admission.borrow_mut().decide(header.priority, bytes, deadline_us, queued_ahead);
         match decision {
-            Decision::Start => self.run(reply, header, body.to_vec(), arrival, Instant::now(), deadline_us),
+            Decision::Start => self.run(reply, header, body.to_vec(), arrival, deadline_us),
             Decision::Queue => {
                 let waiting = Waiting { reply, header, body: body.to_vec(), arrival, deadline_us };
                 self.waiting.borrow_mut()[p].push_back(waiting);
@@ -572,19 +572,12 @@ impl Server {
 
     /// Serves an admitted request that holds a slot; when it finishes, the slot goes to the
     /// next waiting request.
-    fn run(
-        self: &Rc<Self>,
-        reply: Reply,
-        header: Header,
-        body: Vec<u8>,
-        arrival: Instant,
-        started: Instant,
-        deadline_us: u32,
-    ) {
+    fn run(self: &Rc<Self>, reply: Reply, header: Header, body: Vec<u8>, arrival: Instant, deadline_us: u32) {
         self.metrics.inflight_requests.fetch_add(1, Relaxed);
         let bytes = HEADER_SIZE + body.len();
         let server = self.clone();
         let mut future = Box::pin(async move {
+            let started = Instant::now();
             server.serve(reply, header, &body, arrival, started, deadline_us).await;
             server.admission.borrow_mut().finish_served(bytes, started.elapsed());
             server.metrics.inflight_requests.fetch_sub(1, Relaxed);
@@ -609,7 +602,7 @@ impl Server {
                 }
                 queue.pop_front().expect("non-empty")
             };
-            self.run(next.reply, next.header, next.body, next.arrival, Instant::now(), next.deadline_us);
+            self.run(next.reply, next.header, next.body, next.arrival, next.deadline_us);
         }
     }
 
