@@ -196,8 +196,8 @@ fn measure_round(args: &Args, round: usize, quotas: &[Option<u32>], rows: &mut V
     Ok(())
 }
 
-/// The median of `values` (the mean of the middle two for an even count).
-fn median(values: &mut [f64]) -> f64 {
+/// The median of `values` (the mean of the middle two for an even count); leaves them sorted.
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }

@@ -78,11 +78,9 @@ pub struct Spread {
 
 impl Spread {
     fn of(mut values: Vec<f64>) -> Self {
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        assert!(n > 0, "a spread of no rounds");
-        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
-        Self { median, low: values[0], high: values[n - 1] }
+        assert!(!values.is_empty(), "a spread of no rounds");
+        let median = crate::compare::median(&mut values);
+        Self { median, low: values[0], high: values[values.len() - 1] }
     }
 }
 
