@@ -38,7 +38,7 @@ pub fn check_io_uring() -> Finding {
         Ok(_) => Finding { check: "io_uring", ok: true, detail: "io_uring_setup works".into() },
         Err(e) => {
             let mut detail = format!(
-                "io_uring_setup failed: {e}. Strata needs io_uring with multishot accept (Linux 5.19 or newer)."
+                "io_uring_setup failed: {e}. Strata needs io_uring with multishot accept and receive (Linux 6.0 or newer)."
             );
             if let Some(value) = sysctl.filter(|v| v != "0") {
                 detail.push_str(&format!(

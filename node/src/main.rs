@@ -423,12 +423,20 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     uring::spawn_detached(Priority::Foreground, shard.background());
     uring::spawn_detached(Priority::Background, shard.maintenance());
     let limits = &plan.config.limits;
-    let net = Net::install(NetLimits {
-        input_initial: 64 << 10,
+    let installed = Net::install(NetLimits {
         input_max: limits.frame_max.0 as usize + strata_format::protocol::HEADER_SIZE,
         output_max: limits.connection_output_max.0 as usize,
         connections_max: limits.connections_max,
     });
+    let net = match installed {
+        Ok(net) => net,
+        Err(e) => {
+            shard.close().await;
+            let message = format!("shard {index}: {e}");
+            let _ = plan.remotes.send((index, Err(message.clone())));
+            return Err(message);
+        }
+    };
     let server = Server::install(plan.server.clone(), shard.clone(), net.clone(), plan.metrics.clone());
     let _ = plan.remotes.send((index, Ok(uring::remote())));
     // Forwarding needs every shard's handle: wait for the others before accepting.

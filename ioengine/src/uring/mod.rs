@@ -109,6 +109,9 @@ struct Inner {
     switches: Cell<(i64, i64)>,
     /// When the ring last returned to this thread (see [`turn_time`]).
     turn_at: Cell<std::time::Instant>,
+    /// The wall clock and the monotonic clock read together, once in the turn that first needs
+    /// them (see [`wall_to_instant`]); cleared when a turn begins.
+    turn_clocks: Cell<Option<(std::time::SystemTime, std::time::Instant)>>,
 }
 
 struct RemoteShared {
@@ -176,6 +179,22 @@ pub(crate) fn idle_at() -> std::time::Instant {
 #[must_use]
 pub(crate) fn turn_time() -> std::time::Instant {
     with_current(|inner| inner.turn_at.get())
+}
+
+/// A wall-clock time (as the kernel stamps received packets) as an `Instant`, by the two
+/// clocks' offset: read once per turn rather than twice per receive, since the offset moves only
+/// with clock adjustments. A time in the future (a clock step) maps to the clocks' reading.
+#[must_use]
+pub(crate) fn wall_to_instant(at: std::time::SystemTime) -> std::time::Instant {
+    with_current(|inner| {
+        let (wall, now) = inner.turn_clocks.get().unwrap_or_else(|| {
+            let clocks = (std::time::SystemTime::now(), std::time::Instant::now());
+            inner.turn_clocks.set(Some(clocks));
+            clocks
+        });
+        let age = wall.duration_since(at).unwrap_or(std::time::Duration::ZERO);
+        now.checked_sub(age).unwrap_or(now)
+    })
 }
 
 /// Voluntary and involuntary context switches of the calling thread so far.
@@ -310,7 +329,7 @@ impl Inner {
             .map_err(|e| {
                 RuntimeError(format!(
                     "cannot create an io_uring ring of {entries} entries: {e}. Strata needs io_uring \
-                     (Linux 5.19 or later, not disabled by kernel.io_uring_disabled or a seccomp profile)"
+                     (Linux 6.0 or later, not disabled by kernel.io_uring_disabled or a seccomp profile)"
                 ))
             })?;
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
@@ -336,6 +355,7 @@ impl Inner {
             idle_at: Cell::new(std::time::Instant::now()),
             switches: Cell::new(context_switches()),
             turn_at: Cell::new(std::time::Instant::now()),
+            turn_clocks: Cell::new(None),
         })
     }
 
@@ -464,6 +484,7 @@ impl Inner {
                     let result = ring.submit_and_wait(1);
                     let after = std::time::Instant::now();
                     self.turn_at.set(after);
+                    self.turn_clocks.set(None);
                     // A wait this long may have been idle: it was if the thread slept and was not
                     // preempted (or frozen by a CPU quota) since the switches were last read.
                     // Shorter waits are not worth the system call; an old preemption counted
@@ -479,6 +500,7 @@ impl Inner {
                 } else {
                     let result = ring.submit();
                     self.turn_at.set(std::time::Instant::now());
+                    self.turn_clocks.set(None);
                     result
                 };
                 match result {
@@ -789,6 +811,29 @@ impl<T: 'static> Drop for Op<T> {
 pub unsafe fn submit_raw(entry: squeue::Entry, token: u64) {
     assert!(token <= RAW_TOKEN_MAX, "raw tokens stay below the reserved bits");
     with_current(|inner| inner.push(&entry.user_data(token | RAW_TOKEN_BIT)));
+}
+
+/// Asks the kernel to cancel the raw operation submitted with `target` (a multishot operation
+/// then ends with `-ECANCELED`, or with its last completion if it was ending anyway). The
+/// cancel's own completion comes to the handler with `token`.
+pub fn cancel_raw(target: u64, token: u64) {
+    assert!(target <= RAW_TOKEN_MAX && token <= RAW_TOKEN_MAX, "raw tokens stay below the reserved bits");
+    let entry = opcode::AsyncCancel::new(target | RAW_TOKEN_BIT).build();
+    with_current(|inner| inner.push(&entry.user_data(token | RAW_TOKEN_BIT)));
+}
+
+/// Registers a ring of provided buffers with the current runtime's ring as group `group`
+/// (`IORING_REGISTER_PBUF_RING`, Linux 5.19).
+///
+/// # Safety
+/// `ring` must point at `entries` page-aligned `BufRingEntry`s that stay valid, as must every
+/// buffer they name, for as long as the kernel may use them: until the ring is gone.
+pub unsafe fn register_buf_ring(ring: *const types::BufRingEntry, entries: u16, group: u16) -> std::io::Result<()> {
+    with_current(|inner| {
+        let ring_fd = inner.ring.borrow();
+        // SAFETY: the caller vouches for the ring's memory and lifetime.
+        unsafe { ring_fd.submitter().register_buf_ring_with_flags(ring as u64, entries, group, 0) }
+    })
 }
 
 /// Sets the receiver of raw operations' completions on the current runtime.

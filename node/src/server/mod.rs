@@ -578,8 +578,8 @@ impl Server {
         let server = self.clone();
         let mut future = Box::pin(async move {
             let started = Instant::now();
-            server.serve(reply, header, &body, arrival, started, deadline_us).await;
-            server.admission.borrow_mut().finish_served(bytes, started.elapsed());
+            let done = server.serve(reply, header, &body, arrival, started, deadline_us).await;
+            server.admission.borrow_mut().finish_served(bytes, done.saturating_duration_since(started));
             server.metrics.inflight_requests.fetch_sub(1, Relaxed);
             server.start_waiting();
         });
@@ -606,6 +606,8 @@ impl Server {
         }
     }
 
+    /// Serves an admitted request and records its latency; returns when it finished (one clock
+    /// read for both the latency and the service time).
     async fn serve(
         &self,
         reply: Reply,
@@ -614,13 +616,14 @@ impl Server {
         arrival: Instant,
         started: Instant,
         deadline_us: u32,
-    ) {
+    ) -> Instant {
         let to = header.reply_to();
         let start = self.admission.borrow_mut().start(arrival, deadline_us, started);
         if let Err(refusal) = start {
             self.metrics.rejection(refusal);
             let retry_us = self.admission.borrow().retry_after().as_micros() as u32;
-            return self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+            self.respond(reply, Status::Overloaded, |out| protocol::encode_overloaded(out, to, retry_us));
+            return Instant::now();
         }
         self.metrics.queue_delay.record(started.saturating_duration_since(arrival).as_micros() as u64);
         let request = protocol::decode_request(&header, body).expect("the body was decoded before it was admitted");
@@ -728,12 +731,14 @@ impl Server {
                 unreachable!("answered before admission")
             }
         }
-        let elapsed_us = arrival.elapsed().as_micros() as u64;
+        let done = Instant::now();
+        let elapsed_us = done.saturating_duration_since(arrival).as_micros() as u64;
         if write {
             self.metrics.latency_write.record(elapsed_us);
         } else {
             self.metrics.latency_read.record(elapsed_us);
         }
+        done
     }
 
     /// A GET, merged with an identical one already reading the disk: the key is read once and
