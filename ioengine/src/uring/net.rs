@@ -54,11 +54,15 @@ pub struct NetLimits {
     pub output_max: usize,
     /// Open connections per `Net`; more are accepted and closed at once.
     pub connections_max: usize,
+    /// Provided receive buffers (a power of two). A receive takes one per completion and the
+    /// handler returns it in the same turn, so they run out only when more bytes arrive in one
+    /// turn than they hold; the receives that found none end with `ENOBUFS` and are armed again.
+    pub recv_buffers: u16,
 }
 
 impl Default for NetLimits {
     fn default() -> Self {
-        Self { input_max: 8 << 20, output_max: 8 << 20, connections_max: 10_000 }
+        Self { input_max: 8 << 20, output_max: 8 << 20, connections_max: 10_000, recv_buffers: 256 }
     }
 }
 
@@ -71,13 +75,9 @@ const KIND_SEND: u64 = 3;
 /// The cancel of a paused connection's receive (its completion carries nothing to act on).
 const KIND_CANCEL: u64 = 4;
 
-/// Provided buffers per runtime, and their size. A receive takes one per completion and the
-/// handler returns it in the same turn, so they run out only when more receives than this
-/// complete in one turn; the receives that found none end with `ENOBUFS` and are armed again.
-/// 16 KiB holds a few hundred small requests; a larger frame arrives over several buffers.
-const RECV_BUFFERS: u16 = 256;
+/// The size of a provided buffer: it holds a few hundred small requests; a larger frame arrives
+/// over several buffers.
 const RECV_BUFFER_BYTES: usize = 16 << 10;
-const _: () = assert!(RECV_BUFFERS.is_power_of_two(), "the ring's index is masked");
 /// Room for the receive timestamp's control message (SO_TIMESTAMPNS: a 16-byte header and a
 /// timespec), at the front of every provided buffer.
 const CONTROL_BYTES: usize = 64;
@@ -150,10 +150,11 @@ impl Received {
 /// at the ring's tail once its bytes are handled. Each buffer holds the kernel's
 /// `io_uring_recvmsg_out` header, the control messages (the receive timestamp) and the bytes.
 struct RecvBuffers {
-    /// `RECV_BUFFERS` entries, page-aligned (the kernel maps them).
+    /// `count` entries, page-aligned (the kernel maps them).
     ring: *mut types::BufRingEntry,
-    /// `RECV_BUFFERS` buffers of `RECV_BUFFER_BYTES`.
+    /// `count` buffers of `RECV_BUFFER_BYTES`.
     memory: *mut u8,
+    count: u16,
     /// The next tail, as the kernel will see it once published.
     tail: std::cell::Cell<u16>,
     group: u16,
@@ -169,12 +170,13 @@ impl RecvBuffers {
     /// The memory is never freed: a ring's teardown in the kernel finishes asynchronously after
     /// the ring is closed, and a receive completing meanwhile may still write into a provided
     /// buffer. It is one set per runtime (per core), for the life of the process.
-    fn register(group: u16) -> std::io::Result<Self> {
+    fn register(group: u16, count: u16) -> std::io::Result<Self> {
+        assert!(count.is_power_of_two(), "the ring's index is masked");
         let ring_layout =
-            std::alloc::Layout::from_size_align(usize::from(RECV_BUFFERS) * size_of::<types::BufRingEntry>(), 4096)
+            std::alloc::Layout::from_size_align(usize::from(count) * size_of::<types::BufRingEntry>(), 4096)
                 .expect("a valid layout");
-        let memory_layout = std::alloc::Layout::from_size_align(usize::from(RECV_BUFFERS) * RECV_BUFFER_BYTES, 4096)
-            .expect("a valid layout");
+        let memory_layout =
+            std::alloc::Layout::from_size_align(usize::from(count) * RECV_BUFFER_BYTES, 4096).expect("a valid layout");
         // SAFETY: both layouts have a non-zero size.
         let (ring, memory) = unsafe {
             (std::alloc::alloc_zeroed(ring_layout).cast::<types::BufRingEntry>(), std::alloc::alloc(memory_layout))
@@ -185,19 +187,19 @@ impl RecvBuffers {
         // SAFETY: msghdr is a plain C struct for which all zeroes is valid.
         let mut template: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         template.msg_controllen = CONTROL_BYTES as _;
-        let buffers = Self { ring, memory, tail: std::cell::Cell::new(0), group, template };
-        for id in 0..RECV_BUFFERS {
+        let buffers = Self { ring, memory, count, tail: std::cell::Cell::new(0), group, template };
+        for id in 0..count {
             buffers.give_back(id);
         }
-        // SAFETY: the ring and the buffers are page-aligned, sized for RECV_BUFFERS, and never
-        // freed (see above).
-        unsafe { super::register_buf_ring(ring, RECV_BUFFERS, group) }?;
+        // SAFETY: the ring and the buffers are page-aligned, sized for `count`, and never freed
+        // (see above).
+        unsafe { super::register_buf_ring(ring, count, group) }?;
         Ok(buffers)
     }
 
     /// The first `len` bytes of buffer `id`, as a completion left them.
     fn filled(&self, id: u16, len: usize) -> &[u8] {
-        assert!(id < RECV_BUFFERS && len <= RECV_BUFFER_BYTES, "the kernel names a buffer of the ring");
+        assert!(id < self.count && len <= RECV_BUFFER_BYTES, "the kernel names a buffer of the ring");
         // SAFETY: buffer `id` lies within `memory`; the kernel wrote `len` bytes into it and
         // does not touch it again until it is given back.
         unsafe { std::slice::from_raw_parts(self.memory.add(usize::from(id) * RECV_BUFFER_BYTES), len) }
@@ -206,7 +208,7 @@ impl RecvBuffers {
     /// Hands buffer `id` back to the kernel.
     fn give_back(&self, id: u16) {
         let tail = self.tail.get();
-        let slot = usize::from(tail & (RECV_BUFFERS - 1));
+        let slot = usize::from(tail & (self.count - 1));
         // SAFETY: `slot` is within the ring; the kernel reads an entry only once the tail below
         // is published past it.
         unsafe {
@@ -266,6 +268,7 @@ struct State {
     open: usize,
     accept_errors: u64,
     bytes_received: u64,
+    receives_out_of_buffers: u64,
 }
 
 /// Counters of a [`Net`].
@@ -274,6 +277,8 @@ pub struct NetStats {
     pub open_connections: usize,
     pub accept_errors: u64,
     pub bytes_received: u64,
+    /// Receives that found no provided buffer free (each was armed again).
+    pub receives_out_of_buffers: u64,
 }
 
 /// The network of one runtime: its listeners and connections.
@@ -372,7 +377,7 @@ impl Net {
             static GROUPS: std::cell::Cell<u16> = const { std::cell::Cell::new(0) };
         }
         let group = GROUPS.with(|g| g.replace(g.get() + 1));
-        let buffers = RecvBuffers::register(group).map_err(|e| {
+        let buffers = RecvBuffers::register(group, limits.recv_buffers).map_err(|e| {
             std::io::Error::new(e.kind(), format!("registering provided receive buffers with io_uring: {e}"))
         })?;
         let net = Rc::new(Self {
@@ -445,6 +450,7 @@ impl Net {
             open_connections: state.open,
             accept_errors: state.accept_errors,
             bytes_received: state.bytes_received,
+            receives_out_of_buffers: state.receives_out_of_buffers,
         }
     }
 
@@ -599,6 +605,7 @@ impl Net {
         let ended = {
             let mut state = self.state.borrow_mut();
             state.bytes_received += bytes.len() as u64;
+            state.receives_out_of_buffers += u64::from(result == -libc::ENOBUFS);
             let conn = &mut state.conns[index];
             if !more {
                 conn.recv_in_flight = false;
@@ -1024,12 +1031,17 @@ mod tests {
     struct FrameEcho {
         net: RefCell<Option<Rc<Net>>>,
         closed: RefCell<Vec<String>>,
+        /// Blocks the runtime this long at the first bytes, so other clients' bytes pile up.
+        stall_once: std::cell::Cell<Option<Duration>>,
     }
 
     impl NetHandler for FrameEcho {
         fn accepted(&self, _conn: ConnId, _listener: usize) {}
         fn received(&self, conn: ConnId, input: &[u8]) -> usize {
             let net = self.net.borrow().clone().unwrap();
+            if let Some(stall) = self.stall_once.take() {
+                std::thread::sleep(stall);
+            }
             let mut consumed = 0;
             while let Some(len) = input[consumed..].first_chunk::<4>() {
                 let end = consumed + 4 + u32::from_le_bytes(*len) as usize;
@@ -1046,12 +1058,20 @@ mod tests {
         }
     }
 
-    fn frame_echo_server(limits: NetLimits, clients: usize) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    fn frame_echo_server(
+        limits: NetLimits,
+        clients: usize,
+        stall_once: Option<Duration>,
+    ) -> (SocketAddr, std::thread::JoinHandle<(Vec<String>, NetStats)>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let server = std::thread::spawn(move || {
             block_on(async move {
                 let net = Net::install(limits).unwrap();
-                let echo = Rc::new(FrameEcho { net: RefCell::new(Some(net.clone())), closed: RefCell::default() });
+                let echo = Rc::new(FrameEcho {
+                    net: RefCell::new(Some(net.clone())),
+                    closed: RefCell::default(),
+                    stall_once: std::cell::Cell::new(stall_once),
+                });
                 net.set_handler(echo.clone());
                 let listener = net.listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
                 tx.send(net.local_addr(listener)).unwrap();
@@ -1061,7 +1081,7 @@ mod tests {
                 net.stop_listening();
                 let reasons = echo.closed.borrow().clone();
                 echo.net.borrow_mut().take();
-                reasons
+                (reasons, net.stats())
             })
             .unwrap()
         });
@@ -1078,8 +1098,8 @@ mod tests {
         });
         println!("seed {seed} (replay with STRATA_NET_SEED={seed})");
         let mut rng = crate::SimRng::new(seed);
-        let limits = NetLimits { input_max: 256 << 10, output_max: 32 << 10, connections_max: 16 };
-        let (addr, server) = frame_echo_server(limits, 1);
+        let limits = NetLimits { input_max: 256 << 10, output_max: 32 << 10, connections_max: 16, recv_buffers: 8 };
+        let (addr, server) = frame_echo_server(limits, 1, None);
         let mut sent = Vec::new();
         for _ in 0..400 {
             let len = match rng.below(4) {
@@ -1116,16 +1136,17 @@ mod tests {
         writing.join().unwrap();
         assert!(back == sent, "the echo differs from what was sent (seed {seed})");
         drop(reader);
-        assert_eq!(server.join().unwrap(), vec!["peer closed the connection".to_string()]);
+        assert_eq!(server.join().unwrap().0, vec!["peer closed the connection".to_string()]);
     }
 
-    /// More connections receive at once than there are provided buffers: receives that find
-    /// none end with ENOBUFS and are armed again, and every client is answered.
+    /// More connections receive at once than there are provided buffers (the server stalls at
+    /// the first bytes while every client sends): receives that find none end with ENOBUFS and
+    /// are armed again, and every client is answered.
     #[test]
     fn more_receives_than_buffers_are_all_served() {
-        let clients = usize::from(RECV_BUFFERS) * 2;
-        let limits = NetLimits { connections_max: clients, ..NetLimits::default() };
-        let (addr, server) = frame_echo_server(limits, clients);
+        let clients = 64;
+        let limits = NetLimits { connections_max: clients, recv_buffers: 4, ..NetLimits::default() };
+        let (addr, server) = frame_echo_server(limits, clients, Some(Duration::from_millis(300)));
         let mut streams: Vec<_> = (0..clients).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
         for round in 0..20u32 {
             for (i, stream) in streams.iter_mut().enumerate() {
@@ -1142,16 +1163,17 @@ mod tests {
             }
         }
         drop(streams);
-        let reasons = server.join().unwrap();
+        let (reasons, stats) = server.join().unwrap();
         assert_eq!(reasons.len(), clients);
         assert!(reasons.iter().all(|r| r == "peer closed the connection"), "{reasons:?}");
+        assert!(stats.receives_out_of_buffers > 0, "the stall left more receives than buffers");
     }
 
     /// A frame larger than the input limit closes its connection with a reason.
     #[test]
     fn a_frame_over_the_input_limit_closes_the_connection() {
         let limits = NetLimits { input_max: 64 << 10, ..NetLimits::default() };
-        let (addr, server) = frame_echo_server(limits, 1);
+        let (addr, server) = frame_echo_server(limits, 1, None);
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         let mut frame = (200_000u32).to_le_bytes().to_vec();
         frame.resize(4 + 200_000, 7);
@@ -1160,7 +1182,7 @@ mod tests {
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
         assert!(rest.is_empty());
-        let reasons = server.join().unwrap();
+        let (reasons, _) = server.join().unwrap();
         assert_eq!(reasons, vec![format!("a frame does not fit the input limit of {} bytes", 64 << 10)]);
     }
 }

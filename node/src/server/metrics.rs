@@ -66,6 +66,8 @@ pub struct ShardMetrics {
     pub connections_accepted: AtomicU64,
     pub connections_closed: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Receives that found no provided buffer free (armed again).
+    pub receives_out_of_buffers: AtomicU64,
     pub latency_read: Histogram,
     pub latency_write: Histogram,
     pub queue_delay: Histogram,
@@ -121,13 +123,14 @@ impl ShardMetrics {
             let n = self.rejections[refusal as usize].load(Relaxed);
             let _ = writeln!(out, "strata_rejections_total{{{l},reason=\"{}\"}} {n}", refusal.name());
         }
-        let counters: [(&str, &AtomicU64); 16] = [
+        let counters: [(&str, &AtomicU64); 17] = [
             ("strata_forwarded_requests_total", &self.forwarded),
             ("strata_merged_reads_total", &self.merged_reads),
             ("strata_bad_frames_total", &self.bad_frames),
             ("strata_connections_accepted_total", &self.connections_accepted),
             ("strata_connections_closed_total", &self.connections_closed),
             ("strata_network_bytes_received_total", &self.bytes_received),
+            ("strata_receive_buffer_exhaustions_total", &self.receives_out_of_buffers),
             ("strata_wal_fsyncs_total", &self.wal_fsyncs),
             ("strata_wal_batches_total", &self.wal_batches),
             ("strata_wal_bytes_written_total", &self.wal_bytes_written),

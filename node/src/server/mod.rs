@@ -232,6 +232,7 @@ impl Server {
             let net = self.net.stats();
             m.open_connections.store(net.open_connections as u64, Relaxed);
             m.bytes_received.store(net.bytes_received, Relaxed);
+            m.receives_out_of_buffers.store(net.receives_out_of_buffers, Relaxed);
         }
     }
 
