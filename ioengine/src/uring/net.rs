@@ -117,6 +117,9 @@ struct Conn {
     dirty: bool,
     /// The kernel's receive time of the last bytes of the previous receive.
     last_received_at: Option<Instant>,
+    /// When the bytes kept unseen while paused arrived (the span of their receives), so they
+    /// are dated when the handler gets them.
+    paused_received: Option<Received>,
 }
 
 /// When the bytes of one receive reached the socket: after `after` and by `last` (the kernel's
@@ -143,6 +146,25 @@ impl Received {
         }
         self.last - span.mul_f64(behind as f64 / len as f64)
     }
+}
+
+/// Shuts a closing connection's socket down both ways: its receive and send in flight end.
+fn shut_down(conn: &Conn) {
+    if let Some(fd) = &conn.fd {
+        // SAFETY: plain system call on a descriptor we own; it ends operations in flight.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+/// Appends `bytes` to a connection's input, growing it by doubling but never past `cap` (the
+/// input limit and one provided buffer: more than that closes the connection).
+fn append(input: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let need = input.len() + bytes.len();
+    if need > input.capacity() {
+        let target = (input.capacity() * 2).max(need).min(cap.max(need));
+        input.reserve_exact(target - input.len());
+    }
+    input.extend_from_slice(bytes);
 }
 
 /// The runtime's ring of provided buffers (`IORING_REGISTER_PBUF_RING`): the kernel takes the
@@ -172,16 +194,31 @@ impl RecvBuffers {
     /// buffer. It is one set per runtime (per core), for the life of the process.
     fn register(group: u16, count: u16) -> std::io::Result<Self> {
         assert!(count.is_power_of_two(), "the ring's index is masked");
+        // SAFETY: sysconf has no memory preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
         let ring_layout =
-            std::alloc::Layout::from_size_align(usize::from(count) * size_of::<types::BufRingEntry>(), 4096)
+            std::alloc::Layout::from_size_align(usize::from(count) * size_of::<types::BufRingEntry>(), page)
                 .expect("a valid layout");
         let memory_layout =
-            std::alloc::Layout::from_size_align(usize::from(count) * RECV_BUFFER_BYTES, 4096).expect("a valid layout");
+            std::alloc::Layout::from_size_align(usize::from(count) * RECV_BUFFER_BYTES, page).expect("a valid layout");
         // SAFETY: both layouts have a non-zero size.
         let (ring, memory) = unsafe {
             (std::alloc::alloc_zeroed(ring_layout).cast::<types::BufRingEntry>(), std::alloc::alloc(memory_layout))
         };
+        let free = || {
+            // SAFETY: each pointer, if not null, came from `alloc` with its layout, and the kernel
+            // was never told of it.
+            unsafe {
+                if !ring.is_null() {
+                    std::alloc::dealloc(ring.cast(), ring_layout);
+                }
+                if !memory.is_null() {
+                    std::alloc::dealloc(memory, memory_layout);
+                }
+            }
+        };
         if ring.is_null() || memory.is_null() {
+            free();
             return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
         }
         // SAFETY: msghdr is a plain C struct for which all zeroes is valid.
@@ -192,8 +229,11 @@ impl RecvBuffers {
             buffers.give_back(id);
         }
         // SAFETY: the ring and the buffers are page-aligned, sized for `count`, and never freed
-        // (see above).
-        unsafe { super::register_buf_ring(ring, count, group) }?;
+        // once registered (see above).
+        if let Err(e) = unsafe { super::register_buf_ring(ring, count, group) } {
+            free();
+            return Err(e);
+        }
         Ok(buffers)
     }
 
@@ -520,6 +560,7 @@ impl Net {
                         send_progress_at: Instant::now(),
                         dirty: false,
                         last_received_at: None,
+                        paused_received: None,
                     });
                     (state.conns.len() - 1) as u32
                 }
@@ -533,6 +574,7 @@ impl Net {
             conn.linger = None;
             conn.paused = false;
             conn.last_received_at = None;
+            conn.paused_received = None;
             conn.sent = 0;
             conn.send_progress_at = super::turn_time();
             conn_id(index, conn.generation)
@@ -646,27 +688,36 @@ impl Net {
         if bytes.is_empty() && conn.input.is_empty() {
             return;
         }
-        if let Some(last) = at {
+        let received = if let Some(last) = at {
             let after = conn.last_received_at.replace(last);
             let after = after.map_or(super::idle_at(), |after| after.max(super::idle_at()));
-            self.received.set(Some(Received { after: after.min(last), last }));
-        } else if !bytes.is_empty() {
+            Some(Received { after: after.min(last), last })
+        } else if bytes.is_empty() {
+            // Resuming: the bytes kept while paused, dated by their receives.
+            conn.paused_received.take()
+        } else {
             conn.last_received_at = Some(Instant::now());
-            self.received.set(None);
-        }
+            None
+        };
+        let input_cap = self.limits.input_max + RECV_BUFFER_BYTES;
         if conn.paused || conn.closing.is_some() {
             // Kept unseen until the connection resumes. Bounded without the input limit: only
             // what the kernel received before the receive's cancel (asked for when the
             // connection paused, submitted with this turn) lands here.
-            conn.input.extend_from_slice(bytes);
-            self.received.set(None);
+            append(&mut conn.input, bytes, input_cap);
+            conn.paused_received = match (conn.paused_received, received) {
+                (Some(kept), Some(new)) => Some(Received { after: kept.after.min(new.after), last: new.last }),
+                (kept, new) => kept.or(new),
+            };
             let paused = conn.paused;
             drop(state);
             if paused {
                 self.cancel_recv(index);
             }
             return;
-        } else if conn.input.is_empty() {
+        }
+        self.received.set(received);
+        if conn.input.is_empty() {
             // The common case: the handler reads the bytes where the kernel put them.
             drop(state);
             let consumed = self.handler().received(id, bytes);
@@ -675,10 +726,10 @@ impl Net {
             if consumed < bytes.len()
                 && let Some(index) = Self::index_of(&state, id)
             {
-                state.conns[index].input.extend_from_slice(&bytes[consumed..]);
+                append(&mut state.conns[index].input, &bytes[consumed..], input_cap);
             }
         } else {
-            conn.input.extend_from_slice(bytes);
+            append(&mut conn.input, bytes, input_cap);
             let input = std::mem::take(&mut conn.input);
             drop(state);
             let consumed = self.handler().received(id, &input);
@@ -687,6 +738,10 @@ impl Net {
             if let Some(index) = Self::index_of(&state, id) {
                 let mut input = input;
                 input.drain(..consumed);
+                // A large frame's buffer is not kept by an idle connection.
+                if input.is_empty() && input.capacity() > RECV_BUFFER_BYTES {
+                    input = Vec::new();
+                }
                 state.conns[index].input = input;
             }
         }
@@ -785,6 +840,8 @@ impl Net {
             if result < 0 || conn.closing.is_some() {
                 if conn.closing.is_none() {
                     conn.closing = Some(format!("send failed: {}", errno_text(result)));
+                    // Ends the armed receive, which would otherwise go on taking the peer's bytes.
+                    shut_down(conn);
                 }
                 drop(state);
                 self.finish_close(id);
@@ -825,10 +882,7 @@ impl Net {
                 return;
             }
             conn.closing = Some(reason.to_string());
-            if let Some(fd) = &conn.fd {
-                // SAFETY: plain system call on a descriptor we own; it ends operations in flight.
-                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
-            }
+            shut_down(conn);
         }
         self.finish_close(id);
     }
@@ -879,6 +933,8 @@ impl Net {
     }
 
     /// Closes connections whose output has not moved for `stall` (a peer that stopped reading).
+    /// A connection already closing (its peer hung up) whose last send is stuck is shut down,
+    /// so that send ends and the connection is freed.
     pub fn close_stalled(&self, stall: Duration) -> usize {
         let now = Instant::now();
         let stalled: Vec<ConnId> = {
@@ -889,15 +945,24 @@ impl Net {
                 .enumerate()
                 .filter(|(_, c)| {
                     c.live
-                        && c.closing.is_none()
-                        && (c.send_in_flight || !c.queued.is_empty())
+                        && (c.send_in_flight || (c.closing.is_none() && !c.queued.is_empty()))
                         && now.duration_since(c.send_progress_at) > stall
                 })
                 .map(|(i, c)| conn_id(i as u32, c.generation))
                 .collect()
         };
         for &id in &stalled {
-            self.close(id, &format!("the peer read nothing for {} s", stall.as_secs()));
+            let closing = {
+                let state = self.state.borrow();
+                let conn = &state.conns[id as u32 as usize];
+                if conn.closing.is_some() {
+                    shut_down(conn);
+                }
+                conn.closing.is_some()
+            };
+            if !closing {
+                self.close(id, &format!("the peer read nothing for {} s", stall.as_secs()));
+            }
         }
         stalled.len()
     }
@@ -1033,6 +1098,8 @@ mod tests {
         closed: RefCell<Vec<String>>,
         /// Blocks the runtime this long at the first bytes, so other clients' bytes pile up.
         stall_once: std::cell::Cell<Option<Duration>>,
+        /// Handler calls that consumed frames whose bytes came without a receive time.
+        undated: std::cell::Cell<u64>,
     }
 
     impl NetHandler for FrameEcho {
@@ -1051,6 +1118,9 @@ mod tests {
                 net.send(conn, &input[consumed..end]);
                 consumed = end;
             }
+            if consumed > 0 && net.received().is_none() {
+                self.undated.set(self.undated.get() + 1);
+            }
             consumed
         }
         fn closed(&self, _conn: ConnId, reason: &str) {
@@ -1062,7 +1132,7 @@ mod tests {
         limits: NetLimits,
         clients: usize,
         stall_once: Option<Duration>,
-    ) -> (SocketAddr, std::thread::JoinHandle<(Vec<String>, NetStats)>) {
+    ) -> (SocketAddr, std::thread::JoinHandle<(Vec<String>, NetStats, u64)>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let server = std::thread::spawn(move || {
             block_on(async move {
@@ -1071,17 +1141,19 @@ mod tests {
                     net: RefCell::new(Some(net.clone())),
                     closed: RefCell::default(),
                     stall_once: std::cell::Cell::new(stall_once),
+                    undated: std::cell::Cell::new(0),
                 });
                 net.set_handler(echo.clone());
                 let listener = net.listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
                 tx.send(net.local_addr(listener)).unwrap();
                 while echo.closed.borrow().len() < clients {
                     sleep(Duration::from_millis(1)).await;
+                    net.close_stalled(Duration::from_secs(1));
                 }
                 net.stop_listening();
                 let reasons = echo.closed.borrow().clone();
                 echo.net.borrow_mut().take();
-                (reasons, net.stats())
+                (reasons, net.stats(), echo.undated.get())
             })
             .unwrap()
         });
@@ -1136,7 +1208,10 @@ mod tests {
         writing.join().unwrap();
         assert!(back == sent, "the echo differs from what was sent (seed {seed})");
         drop(reader);
-        assert_eq!(server.join().unwrap().0, vec!["peer closed the connection".to_string()]);
+        let (reasons, _, undated) = server.join().unwrap();
+        assert_eq!(reasons, vec!["peer closed the connection".to_string()]);
+        // Bytes kept while paused keep the time they were received.
+        assert_eq!(undated, 0, "every handler call had its bytes dated (seed {seed})");
     }
 
     /// More connections receive at once than there are provided buffers (the server stalls at
@@ -1163,7 +1238,7 @@ mod tests {
             }
         }
         drop(streams);
-        let (reasons, stats) = server.join().unwrap();
+        let (reasons, stats, _) = server.join().unwrap();
         assert_eq!(reasons.len(), clients);
         assert!(reasons.iter().all(|r| r == "peer closed the connection"), "{reasons:?}");
         assert!(stats.receives_out_of_buffers > 0, "the stall left more receives than buffers");
@@ -1182,7 +1257,39 @@ mod tests {
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
         assert!(rest.is_empty());
-        let (reasons, _) = server.join().unwrap();
+        let (reasons, _, _) = server.join().unwrap();
         assert_eq!(reasons, vec![format!("a frame does not fit the input limit of {} bytes", 64 << 10)]);
+    }
+
+    /// A peer that hangs up its sending side while a large answer to it is stuck (it never
+    /// reads): the connection is closing, and once the send has not moved for the stall time
+    /// it is shut down and freed, with the hang-up as its reason.
+    #[test]
+    fn a_stuck_send_to_a_peer_that_hung_up_is_ended() {
+        let limits = NetLimits { input_max: 16 << 20, output_max: 64 << 20, ..NetLimits::default() };
+        let (addr, server) = frame_echo_server(limits, 1, None);
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let len = 12 << 20;
+        let mut frame = (len as u32).to_le_bytes().to_vec();
+        frame.resize(4 + len, 7);
+        let writer = stream.try_clone().unwrap();
+        let writing = std::thread::spawn(move || {
+            let mut writer = writer;
+            writer.write_all(&frame).unwrap();
+            // Long enough for the echo to fill the socket buffers and its next send to wait.
+            std::thread::sleep(Duration::from_millis(300));
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        writing.join().unwrap();
+        let started = Instant::now();
+        let (reasons, _, _) = server.join().unwrap();
+        assert_eq!(reasons, vec!["peer closed the connection".to_string()]);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed > Duration::from_millis(500) && elapsed < Duration::from_secs(10),
+            "freed after the stall time: {elapsed:?}"
+        );
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
     }
 }
