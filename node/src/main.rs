@@ -427,7 +427,7 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         input_max: limits.frame_max.0 as usize + strata_format::protocol::HEADER_SIZE,
         output_max: limits.connection_output_max.0 as usize,
         connections_max: limits.connections_max,
-        recv_buffers: NetLimits::default().recv_buffers,
+        ..NetLimits::default()
     });
     let net = match installed {
         Ok(net) => net,

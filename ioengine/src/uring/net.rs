@@ -685,7 +685,7 @@ impl Net {
         let mut state = self.state.borrow_mut();
         let Some(index) = Self::index_of(&state, id) else { return };
         let conn = &mut state.conns[index];
-        if bytes.is_empty() && conn.input.is_empty() {
+        if (bytes.is_empty() && conn.input.is_empty()) || conn.closing.is_some() {
             return;
         }
         let received = if let Some(last) = at {
@@ -700,7 +700,7 @@ impl Net {
             None
         };
         let input_cap = self.limits.input_max + RECV_BUFFER_BYTES;
-        if conn.paused || conn.closing.is_some() {
+        if conn.paused {
             // Kept unseen until the connection resumes. Bounded without the input limit: only
             // what the kernel received before the receive's cancel (asked for when the
             // connection paused, submitted with this turn) lands here.
@@ -709,11 +709,6 @@ impl Net {
                 (Some(kept), Some(new)) => Some(Received { after: kept.after.min(new.after), last: new.last }),
                 (kept, new) => kept.or(new),
             };
-            let paused = conn.paused;
-            drop(state);
-            if paused {
-                self.cancel_recv(index);
-            }
             return;
         }
         self.received.set(received);
@@ -752,12 +747,6 @@ impl Net {
             let reason = format!("a frame does not fit the input limit of {} bytes", self.limits.input_max);
             drop(state);
             self.close(id, &reason);
-            return;
-        }
-        let paused = conn.paused;
-        drop(state);
-        if paused {
-            self.cancel_recv(index);
         }
     }
 

@@ -7,8 +7,8 @@
 //! average socket wait of the last whole interval exceeds a priority's share of the target
 //! (`queue-delay-max`), requests of that priority that waited longer than the share are refused
 //! at once, from the header alone; a single stall (a scheduling hiccup) passes, since its
-//! backlog is gone by the next interval. Each priority gets a share of the limits: the lowest priority is
-//! refused first, the highest last. A refusal costs a header decode and a 32-byte answer: no
+//! backlog is gone by the next interval. Each priority gets a share of the limits: the lowest
+//! priority is refused first, the highest last. A refusal costs a header decode and a 32-byte answer: no
 //! body parsing, no allocation.
 //!
 //! Invariant: an admitted request is counted in flight until `finish` is called for it, exactly
