@@ -11,6 +11,7 @@
 //! within a round (Strata against the peer measured just before or after it); the reported
 //! ratio is the median of the rounds', with the lowest and highest beside it.
 
+use crate::fio;
 use crate::loadgen::{self, Arrival, Keys, LoadSpec, Op, Proto};
 use crate::servers::{Server, ServerKind};
 use serde::Serialize;
@@ -50,6 +51,10 @@ pub struct Row {
     pub server_cpu_share: f64,
     pub generator_cpu_share: f64,
     pub failed: u64,
+    /// Strata's PUT rows: group commits (each one write and one fdatasync) per second.
+    pub commits_per_s: Option<f64>,
+    /// Strata's PUT rows: PUTs acknowledged per group commit.
+    pub ops_per_commit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +81,11 @@ pub struct Report {
     pub server_cpu: usize,
     pub generator_cpu: usize,
     pub rows: Vec<Row>,
+    /// The disk's limit for durable PUTs, once per round before its PUT rows: fio writing 4 KiB
+    /// with an fdatasync after each (io_uring, O_DIRECT, one in flight), pinned to the server's
+    /// core, in the same directory: how many write + fdatasync cycles per second the disk
+    /// completes, and what each costs fio in CPU.
+    pub fio_synced_writes: Vec<fio::FioResult>,
     pub ratios: Vec<Ratio>,
 }
 
@@ -116,10 +126,14 @@ fn measure(
     quota: Option<u32>,
 ) -> Result<Row, String> {
     let load = spec(args, server, op, Keys::Uniform(args.keys), args.depth, args.seconds);
+    let commits = server.kind == ServerKind::Strata && op == Op::Put;
+    let fsyncs0 = if commits { strata_fsyncs(server)? } else { 0 };
     let cpu0 = server.cpu_us();
     let result = loadgen::run(&load)?;
     let server_cpu_us = server.cpu_us().saturating_sub(cpu0);
     let ops = result.ok + result.not_found;
+    // The few fsyncs after the load's last PUT (none: the load is all PUTs) do not skew this.
+    let fsyncs = if commits { strata_fsyncs(server)?.saturating_sub(fsyncs0) } else { 0 };
     let h = &result.latency_ok_us;
     Ok(Row {
         round,
@@ -135,18 +149,31 @@ fn measure(
         server_cpu_share: server_cpu_us as f64 / result.elapsed.as_micros() as f64,
         generator_cpu_share: result.generator_cpu_share(),
         failed: result.failed + result.rejected,
+        commits_per_s: commits.then(|| fsyncs as f64 / result.elapsed.as_secs_f64()),
+        ops_per_commit: commits.then(|| ops as f64 / fsyncs.max(1) as f64),
     })
+}
+
+/// The fdatasyncs Strata's shard has done so far (its STATS answer).
+fn strata_fsyncs(server: &Server) -> Result<u64, String> {
+    let mut client = strata_node::client::Client::connect(server.addr).map_err(|e| format!("STATS: {e}"))?;
+    let text = client.stats().map_err(|e| format!("STATS: {e}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("fsyncs ")?.trim().parse().ok())
+        .ok_or_else(|| format!("STATS has no fsyncs line: {text}"))
 }
 
 pub fn run(args: &Args) -> Result<Report, String> {
     strata_ioengine::uring::pin_current_thread(args.generator_cpu).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
+    let mut fio_synced = Vec::new();
     let quotas: Vec<Option<u32>> = std::iter::once(None).chain(args.quota_percent.map(Some)).collect();
     for round in 0..args.rounds {
+        fio_synced.push(fio::synced_4k_writes(&args.dir, args.server_cpu, "io_uring", args.seconds)?);
         measure_round(args, round, &quotas, &mut rows)?;
     }
     let _ = std::fs::remove_dir_all(args.dir.join("server"));
-    let ratios = ratios(args, &rows);
+    let ratios = ratios(args, &rows, &fio_synced);
     Ok(Report {
         connections: args.connections,
         depth: args.depth,
@@ -157,6 +184,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         server_cpu: args.server_cpu,
         generator_cpu: args.generator_cpu,
         rows,
+        fio_synced_writes: fio_synced,
         ratios,
     })
 }
@@ -203,7 +231,7 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
 }
 
-fn ratios(args: &Args, rows: &[Row]) -> Vec<Ratio> {
+fn ratios(args: &Args, rows: &[Row], fio_synced: &[fio::FioResult]) -> Vec<Ratio> {
     let find = |round: usize, workload: &str, server: ServerKind, quota: Option<u32>| {
         rows.iter().find(|r| {
             r.round == round && r.workload == workload && r.server == server.name() && r.quota_percent == quota
@@ -238,6 +266,29 @@ fn ratios(args: &Args, rows: &[Row]) -> Vec<Ratio> {
     ratio("PUT throughput vs redis SET (no persistence)", tput("PUT", redis, None), ">= 0.9", |v| v >= 0.9);
     ratio("PUT throughput vs redis SET (appendfsync always)", tput("PUT", redis_fsync, None), ">= 2.0", |v| v >= 2.0);
     ratio("GET server CPU per op vs redis GET", cpu("GET", None), "<= 0.8", |v| v <= 0.8);
+    // The disk's share of a durable PUT: Strata's commit rate against the most write + fdatasync
+    // cycles the disk completes one at a time, and the PUT's CPU without the least that a cycle
+    // costs (fio's CPU per cycle, spread over the PUTs that share it).
+    ratio(
+        "Strata group commits/s vs fio write+fdatasync/s (QD1)",
+        per_round(&|round| {
+            let fio = fio_synced.get(round)?;
+            find(round, "PUT", strata, None)?.commits_per_s.map(|c| c / fio.iops)
+        }),
+        "(reported)",
+        |_| true,
+    );
+    ratio(
+        "PUT server CPU per op less fio's per-cycle CPU / PUTs per commit, vs redis SET",
+        per_round(&|round| {
+            let (fio, s, r) =
+                (fio_synced.get(round)?, find(round, "PUT", strata, None)?, find(round, "PUT", redis, None)?);
+            let floor = fio.cpu_us_per_op / s.ops_per_commit?;
+            Some((s.server_cpu_us_per_op - floor) / r.server_cpu_us_per_op)
+        }),
+        "(reported)",
+        |_| true,
+    );
     if let Some(q) = args.quota_percent {
         ratio("PUT throughput vs redis SET, CPU quota", tput("PUT", redis, Some(q)), "(reported)", |_| true);
         ratio("GET throughput vs redis GET, CPU quota", tput("GET", redis, Some(q)), "(reported)", |_| true);
@@ -284,6 +335,22 @@ pub fn summary(r: &Report) -> String {
             row.server_cpu_share * 100.0,
             row.generator_cpu_share * 100.0,
             if row.failed > 0 { format!("  ({} failed)", row.failed) } else { String::new() },
+        ));
+    }
+    for (round, fio) in r.fio_synced_writes.iter().enumerate() {
+        out.push_str(&format!(
+            "  round {round}: fio write 4 KiB + fdatasync, QD1, io_uring, O_DIRECT: {:.0} cycles/s, {:.0} us each at the \
+             median, fio CPU {:.1} us per cycle\n",
+            fio.iops, fio.lat_p50_us, fio.cpu_us_per_op
+        ));
+    }
+    for row in r.rows.iter().filter(|row| row.commits_per_s.is_some()) {
+        let (commits, per) = (row.commits_per_s.unwrap_or(0.0), row.ops_per_commit.unwrap_or(0.0));
+        out.push_str(&format!(
+            "  round {}: strata PUT{}: {commits:.0} group commits/s, {per:.1} PUTs per commit, server CPU {:.1} us per commit\n",
+            row.round,
+            row.quota_percent.map_or(String::new(), |q| format!(" at {q}%")),
+            row.server_cpu_us_per_op * per
         ));
     }
     for ratio in &r.ratios {

@@ -55,26 +55,7 @@ struct Measured {
 
 pub fn run(args: &Args) -> Result<Report, String> {
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
-    let fio_dir = args.dir.join("fio");
-    std::fs::create_dir_all(&fio_dir).map_err(|e| format!("cannot create {}: {e}", fio_dir.display()))?;
-    let fio_args: Vec<String> = [
-        "--rw=write",
-        "--bs=4k",
-        "--size=64m",
-        "--ioengine=psync",
-        "--direct=1",
-        "--fdatasync=1",
-        "--iodepth=1",
-        "--numjobs=1",
-        "--overwrite=1",
-        "--time_based",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .chain([format!("--runtime={}s", args.seconds.ceil() as u64)])
-    .collect();
-    let fio = fio::run(&fio_dir, args.cpu, "synced-4k-writes", "write", &fio_args)?;
-    let _ = std::fs::remove_dir_all(&fio_dir);
+    let fio = fio::synced_4k_writes(&args.dir, args.cpu, "psync", args.seconds)?;
 
     let shard_dir = args.dir.join("strata-engine-put");
     let _ = std::fs::remove_dir_all(&shard_dir);
