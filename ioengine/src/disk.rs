@@ -101,6 +101,13 @@ pub trait DiskFile: 'static {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Self::ReadBuf, DiskError>;
     /// Makes every write completed before this call durable.
     async fn fdatasync(&self) -> Result<(), DiskError>;
+    /// Writes all of `data` at `offset`, then makes it and every earlier completed write durable:
+    /// `write_at` and then `fdatasync`, which a file may hand to the kernel together so the sync
+    /// starts as soon as the write completes. An error names the step that failed.
+    async fn write_at_synced(&self, data: &[u8], offset: u64) -> Result<(), DiskError> {
+        self.write_at(data, offset).await?;
+        self.fdatasync().await
+    }
     /// The file's size in bytes.
     async fn size(&self) -> Result<u64, DiskError>;
     /// Reserves space so the file is at least `len` bytes (reading as zeros where unwritten).

@@ -682,6 +682,27 @@ fn a_client_that_never_reads_holds_bounded_memory_and_is_closed_when_it_stalls()
     assert_serving(&node, None, "a client that never reads");
 }
 
+/// Stops process `pid` with SIGSTOP and returns once every one of its threads is stopped: the
+/// signal is delivered asynchronously, and a thread that had not stopped yet would serve what
+/// the test sends next at once.
+fn stop_and_wait(pid: &str) {
+    assert!(std::process::Command::new("kill").args(["-STOP", pid]).status().unwrap().success());
+    let start = Instant::now();
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let running = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            // The state follows the command name's closing parenthesis.
+            .filter(|stat| !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')))
+            .count();
+        if running == 0 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{running} threads of {pid} still run after SIGSTOP");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_request_that_outlived_its_deadline_in_the_socket_is_refused_unstarted() {
     let _serial = serial();
@@ -692,7 +713,7 @@ fn a_request_that_outlived_its_deadline_in_the_socket_is_refused_unstarted() {
     let ts = now_us();
     // Freeze the node: the requests wait in its socket, where the kernel dates them.
     let pid = node.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    stop_and_wait(&pid);
     let get = |out: &mut Vec<u8>, head| protocol::encode_get(out, head, b"alice", ts);
     let short = conn.queue(50_000, Priority::High, get).unwrap();
     let long = conn.queue(5_000_000, Priority::High, get).unwrap();

@@ -785,13 +785,14 @@ impl<D: Disk, C: Clock> Shard<D, C> {
         #[cfg(not(feature = "mutations"))]
         let acked = false;
         let outcome = async {
-            file.write_at(bytes, place.offset).await?;
             #[cfg(feature = "mutations")]
             if self.inner.options.mutation == Some(Mutation::AckBeforeFsync) {
+                file.write_at(bytes, place.offset).await?;
                 self.complete(&file, place, bytes, lease, &mut batch.waiters);
                 acked = true;
+                return file.fdatasync().await;
             }
-            file.fdatasync().await
+            file.write_at_synced(bytes, place.offset).await
         }
         .await;
         if let Err(e) = outcome {
