@@ -82,7 +82,7 @@ pub fn check_memlock(needed: u64) -> Finding {
         detail: format!(
             "memlock limit is too low: {:.1} MiB, {:.1} MiB needed for registered I/O memory. Raise it with \
              `ulimit -l {}` (as root), `LimitMEMLOCK=` in the systemd unit, or `memlock` in \
-             /etc/security/limits.conf; or lower io-memory in the config.",
+             /etc/security/limits.conf.",
             mib(limit),
             mib(needed),
             needed.div_ceil(1024)

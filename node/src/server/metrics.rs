@@ -74,7 +74,7 @@ pub struct ShardMetrics {
     /// Time requests sat in the socket before the server read them (from the kernel's
     /// receive timestamp).
     pub socket_wait: Histogram,
-    /// Copied from the shard every second.
+    /// Copied from the shard every 500 ms.
     pub wal_fsyncs: AtomicU64,
     pub wal_batches: AtomicU64,
     pub wal_bytes_written: AtomicU64,
