@@ -174,7 +174,7 @@ impl DiskFile for UringFile {
         let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
         // SAFETY: the write points into `buf`'s heap memory, which its operation keeps; the
         // fsync points at no memory.
-        let (write, sync) = unsafe { submit_linked(write, buf, sync, ()) };
+        let (write, sync, linked) = unsafe { submit_linked(write, buf, sync, ()) };
         let (written, _) = write.await;
         let (synced, ()) = sync.await;
         if written < 0 {
@@ -184,6 +184,11 @@ impl DiskFile for UringFile {
             // A short write cancels the linked sync: write the rest, then sync on their own.
             let written = written as usize;
             self.write_at(&data[written..], offset + written as u64).await?;
+            return self.fdatasync().await;
+        }
+        if !linked {
+            // The kernel took the pair in two calls, so the sync may have run before the write
+            // completed: sync again now that it has.
             return self.fdatasync().await;
         }
         if synced < 0 {

@@ -476,6 +476,27 @@ impl Inner {
         }
     }
 
+    /// Submits every queued entry now, the last two being a linked pair: true if one system call
+    /// took the pair whole (see [`submit_linked`]). Whatever is left after a short or failed
+    /// submit goes with the turn's own submit, which reports errors.
+    fn submit_pair_now(&self) -> bool {
+        self.unsubmitted.set(0);
+        let mut ring = self.ring.borrow_mut();
+        // Entries still to go; the pair is the last two.
+        let mut queued = ring.submission().len();
+        loop {
+            match ring.submit() {
+                // The call took the pair, and everything before it, whole.
+                Ok(taken) if taken >= queued => return true,
+                // It stopped between the pair's entries (or took nothing): the link may not hold.
+                Ok(taken) if taken == 0 || taken + 1 == queued => return false,
+                // It stopped before the pair: submit the rest.
+                Ok(taken) => queued -= taken,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Submits every queued entry now (an error is left to the turn's own submit to report).
     fn submit_now(&self) {
         self.unsubmitted.set(0);
@@ -786,10 +807,16 @@ pub unsafe fn submit_op<T: 'static>(entry: squeue::Entry, keep: T) -> Op<T> {
 /// Submits `first` linked to `second` (`IOSQE_IO_LINK`): the kernel starts `second` only once
 /// `first` has completed in full, without waiting for this thread to see `first`'s completion,
 /// and cancels it (`-ECANCELED`) if `first` failed or came up short. Both go to the kernel at
-/// once, in a submission of their own (with whatever was queued before them): a link does not
-/// span two submissions, and a block write submitted with a turn's socket sends behind it is
-/// held in the submission's block plug until they have all run (200–340 µs under load in a
-/// trace, longer than the device took for the write).
+/// once, in a submission of their own (with whatever was queued before them): a block write
+/// submitted with a turn's socket sends behind it is held in the submission's block plug until
+/// they have all run (200–340 µs under load in a trace, longer than the device took for the
+/// write).
+///
+/// A link does not span two `io_uring_enter` calls, and the kernel may take fewer entries than
+/// were queued (when it cannot allocate a request, or an earlier entry is malformed). The third
+/// value is true only if one call took both entries, so the link held; when false, `second` may
+/// have started before `first` completed, and a caller that needs the order must do `second`'s
+/// work again after `first` completes.
 ///
 /// # Safety
 /// As [`submit_op`], for each entry and what it keeps.
@@ -798,12 +825,16 @@ pub unsafe fn submit_linked<A: 'static, B: 'static>(
     keep_first: A,
     second: squeue::Entry,
     keep_second: B,
-) -> (Op<A>, Op<B>) {
+) -> (Op<A>, Op<B>, bool) {
     with_current(|inner| {
         let (a, b) = (inner.new_op(keep_first), inner.new_op(keep_second));
         inner.push_together(&[first.user_data(a).flags(squeue::Flags::IO_LINK), second.user_data(b)]);
-        inner.submit_now();
-        (Op { id: Some(a), _keep: std::marker::PhantomData }, Op { id: Some(b), _keep: std::marker::PhantomData })
+        let linked = inner.submit_pair_now();
+        (
+            Op { id: Some(a), _keep: std::marker::PhantomData },
+            Op { id: Some(b), _keep: std::marker::PhantomData },
+            linked,
+        )
     })
 }
 
