@@ -180,6 +180,12 @@ impl DiskFile for UringFile {
         if written < 0 {
             return Err(DiskError::new("write", &self.path, Some(offset), os_error(written)));
         }
+        // A sync that ran and failed is reported even when another sync follows: a failed
+        // flush is not retried by the kernel, and a page's write error is told only once, so
+        // a second sync can succeed over data the first one lost.
+        if synced < 0 && synced != -libc::ECANCELED {
+            return Err(DiskError::new("fdatasync", &self.path, None, os_error(synced)));
+        }
         if (written as usize) < data.len() {
             // A short write cancels the linked sync: write the rest, then sync on their own.
             let written = written as usize;
@@ -227,28 +233,53 @@ mod tests {
     fn a_write_and_its_linked_sync_land_together_or_fail_as_the_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("file");
-        block_on(async move {
+        // A ring of 4 entries, so a pair queued behind 3 waiting entries needs room made.
+        crate::uring::block_on_with(4, async move {
             let file = UringDisk.create(&path).await.unwrap();
+            let fd = types::Fd(file.fd.as_raw_fd());
             let block: Vec<u8> = (0..16384u32).map(|i| (i % 253) as u8).collect();
-            // Many linked pairs queued at once, more than fit the submission queue in one go
-            // beside the other entries: each lands whole.
+            // A write the kernel refuses at any file system (a negative position): its linked
+            // sync is cancelled, not run. Unlinked, the sync would run and succeed.
+            let mut buf = AlignedBuf::copy_of(&block[..4096]);
+            let write = opcode::Write::new(fd, buf.ptr_at(0), 4096).offset(1 << 63).build();
+            let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+            // SAFETY: the write points into `buf`'s heap memory, which its operation keeps.
+            let (write, sync, linked) = unsafe { crate::uring::submit_linked(write, buf, sync, ()) };
+            assert!(linked, "one submit took the pair");
+            assert_eq!(write.await.0, -libc::EINVAL);
+            assert_eq!(sync.await.0, -libc::ECANCELED, "the sync waits for its write and falls with it");
+            // Three entries waiting (not yet submitted) leave one free slot: the pair is queued
+            // after a submit that makes room, and still goes whole.
+            let waiting: Vec<_> =
+                (0..3).map(|_| unsafe { crate::uring::submit_op(opcode::Nop::new().build(), ()) }).collect();
+            let mut buf = AlignedBuf::copy_of(&block[..8192]);
+            let write = opcode::Write::new(fd, buf.ptr_at(0), 8192).offset(8192).build();
+            let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+            // SAFETY: as above.
+            let (write, sync, linked) = unsafe { crate::uring::submit_linked(write, buf, sync, ()) };
+            assert!(linked);
+            assert_eq!(write.await.0, 8192);
+            assert_eq!(sync.await.0, 0);
+            for nop in waiting {
+                assert_eq!(nop.await.0, 0);
+            }
+            assert_eq!(file.read_at(8192, 8192).await.unwrap().as_ref(), &block[..8192]);
+            // Through the file: many pairs in flight at once, each landing whole.
             let file = std::rc::Rc::new(file);
             let mut handles = Vec::new();
-            for i in 0..300u64 {
+            for i in 0..64u64 {
                 let (file, block) = (file.clone(), block.clone());
                 handles.push(crate::uring::spawn(async move { file.write_at_synced(&block[..4096], i * 4096).await }));
             }
             for h in handles {
                 h.await.unwrap();
             }
-            for i in [0u64, 150, 299] {
+            for i in [0u64, 31, 63] {
                 assert_eq!(file.read_at(i * 4096, 4096).await.unwrap().as_ref(), &block[..4096]);
             }
-            // A write the file system refuses (far past the largest file size) fails as a write,
-            // and its linked sync is cancelled, not run and reported.
-            let err = file.write_at_synced(&block[..4096], 1 << 62).await.unwrap_err();
+            // A refused write fails as a write, not as its cancelled sync; the ring goes on.
+            let err = file.write_at_synced(&block[..4096], 1 << 63).await.unwrap_err();
             assert_eq!(err.op, "write", "{err}");
-            // The ring goes on: the next pair works, and its bytes are there.
             file.write_at_synced(&block, 8192).await.unwrap();
             assert_eq!(file.read_at(8192, 16384).await.unwrap().as_ref(), &block[..]);
             let err = file.write_at_synced(&block[..100], 0).await.unwrap_err();

@@ -359,7 +359,6 @@ impl Inner {
         })
     }
 
-    /// Pushes one entry, submitting (and parking completions aside) when the queue is full.
     /// A pending operation slot holding `keep`: its id, for the entry's user data.
     fn new_op<T: 'static>(&self, keep: T) -> u64 {
         let free = self.ops_free.borrow_mut().pop();
@@ -401,6 +400,7 @@ impl Inner {
         }
     }
 
+    /// Pushes one entry, submitting (and parking completions aside) when the queue is full.
     fn push(&self, entry: &squeue::Entry) {
         self.unsubmitted.set(self.unsubmitted.get() + 1);
         let mut ring = self.ring.borrow_mut();
@@ -635,18 +635,23 @@ impl Inner {
             if !abandoned {
                 return;
             }
-            let mut ring = self.ring.borrow_mut();
-            if ring.submit_and_wait(1).is_err() {
-                // The ring is gone or broken: leak what the kernel might still touch.
-                for op in self.ops.borrow_mut().iter_mut() {
-                    if let Some(keep) = op.keep.take() {
-                        std::mem::forget(keep);
+            // Completions parked while the queue was full come first: waiting for them in the
+            // kernel would wait for ever.
+            let mut cqes: Vec<_> =
+                self.reaped.borrow_mut().drain(..).map(|(user_data, result, _)| (user_data, result)).collect();
+            if cqes.is_empty() {
+                let mut ring = self.ring.borrow_mut();
+                if ring.submit_and_wait(1).is_err() {
+                    // The ring is gone or broken: leak what the kernel might still touch.
+                    for op in self.ops.borrow_mut().iter_mut() {
+                        if let Some(keep) = op.keep.take() {
+                            std::mem::forget(keep);
+                        }
                     }
+                    return;
                 }
-                return;
+                cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
             }
-            let cqes: Vec<_> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
-            drop(ring);
             for (user_data, _) in cqes {
                 if user_data & (RAW_TOKEN_BIT | REMOTE_TOKEN) != 0 {
                     continue;

@@ -360,7 +360,8 @@ fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd>
     // deferred work when the first socket asks), and stamps bytes that arrived while it was
     // off when they are read. Asked for only on accepted connections, a node with no other
     // connection open would date a new connection's first requests to the moment it read them.
-    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
+    // Best effort, as on accepted connections: without stamps, requests are dated on reading.
+    let _ = set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call's duration.
     if unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
