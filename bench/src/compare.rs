@@ -132,7 +132,6 @@ fn measure(
     let result = loadgen::run(&load)?;
     let server_cpu_us = server.cpu_us().saturating_sub(cpu0);
     let ops = result.ok + result.not_found;
-    // The few fsyncs after the load's last PUT (none: the load is all PUTs) do not skew this.
     let fsyncs = if commits { strata_fsyncs(server)?.saturating_sub(fsyncs0) } else { 0 };
     let h = &result.latency_ok_us;
     Ok(Row {
@@ -344,8 +343,7 @@ pub fn summary(r: &Report) -> String {
             fio.iops, fio.lat_p50_us, fio.cpu_us_per_op
         ));
     }
-    for row in r.rows.iter().filter(|row| row.commits_per_s.is_some()) {
-        let (commits, per) = (row.commits_per_s.unwrap_or(0.0), row.ops_per_commit.unwrap_or(0.0));
+    for (row, commits, per) in r.rows.iter().filter_map(|row| Some((row, row.commits_per_s?, row.ops_per_commit?))) {
         out.push_str(&format!(
             "  round {}: strata PUT{}: {commits:.0} group commits/s, {per:.1} PUTs per commit, server CPU {:.1} us per commit\n",
             row.round,

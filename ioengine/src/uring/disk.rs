@@ -85,6 +85,12 @@ fn os_error(result: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-result)
 }
 
+impl UringFile {
+    fn datasync_entry(&self) -> io_uring::squeue::Entry {
+        opcode::Fsync::new(types::Fd(self.fd.as_raw_fd())).flags(types::FsyncFlags::DATASYNC).build()
+    }
+}
+
 impl DiskFile for UringFile {
     type ReadBuf = AlignedBuf;
 
@@ -151,9 +157,8 @@ impl DiskFile for UringFile {
     }
 
     async fn fdatasync(&self) -> Result<(), DiskError> {
-        let entry = opcode::Fsync::new(types::Fd(self.fd.as_raw_fd())).flags(types::FsyncFlags::DATASYNC).build();
         // SAFETY: an fsync entry points at no memory.
-        let (result, ()) = unsafe { submit_op(entry, ()) }.await;
+        let (result, ()) = unsafe { submit_op(self.datasync_entry(), ()) }.await;
         if result < 0 {
             return Err(DiskError::new("fdatasync", &self.path, None, os_error(result)));
         }
@@ -171,10 +176,9 @@ impl DiskFile for UringFile {
         let fd = types::Fd(self.fd.as_raw_fd());
         let mut buf = AlignedBuf::copy_of(data);
         let write = opcode::Write::new(fd, buf.ptr_at(0), data.len() as u32).offset(offset).build();
-        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
         // SAFETY: the write points into `buf`'s heap memory, which its operation keeps; the
         // fsync points at no memory.
-        let (write, sync, linked) = unsafe { submit_linked(write, buf, sync, ()) };
+        let (write, sync, linked) = unsafe { submit_linked(write, buf, self.datasync_entry(), ()) };
         let (written, _) = write.await;
         let (synced, ()) = sync.await;
         if written < 0 {

@@ -377,14 +377,16 @@ impl Inner {
         u64::from(index) | (u64::from(slot.generation) << 32)
     }
 
-    /// Queues `entries` side by side in the submission queue (submitting what is queued first
-    /// if they do not all fit), so one submission carries them all.
+    /// Queues `entries` side by side in the submission queue (submitting what is queued first,
+    /// and parking its completions aside, if they do not all fit), so one submission carries
+    /// them all.
     fn push_together(&self, entries: &[squeue::Entry]) {
         self.unsubmitted.set(self.unsubmitted.get() + entries.len() as u32);
         let mut ring = self.ring.borrow_mut();
-        assert!(entries.len() <= ring.submission().capacity(), "linked entries fit in the submission queue");
+        assert!(entries.len() <= ring.submission().capacity(), "the entries fit in the submission queue");
         loop {
-            // SAFETY: as in `push`.
+            // SAFETY: callers guarantee every buffer an entry points to lives until its
+            // completion is reaped (see `submit_op`, `submit_linked` and `submit_raw`).
             if unsafe { ring.submission().push_multiple(entries) }.is_ok() {
                 return;
             }
@@ -400,26 +402,9 @@ impl Inner {
         }
     }
 
-    /// Pushes one entry, submitting (and parking completions aside) when the queue is full.
+    /// Pushes one entry (see [`Inner::push_together`]).
     fn push(&self, entry: &squeue::Entry) {
-        self.unsubmitted.set(self.unsubmitted.get() + 1);
-        let mut ring = self.ring.borrow_mut();
-        loop {
-            // SAFETY: callers of `push` guarantee every buffer the entry points to lives until
-            // its completion is reaped (see `submit_op` and `submit_raw`).
-            if unsafe { ring.submission().push(entry) }.is_ok() {
-                return;
-            }
-            match ring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => panic!("io_uring submit failed: {e}"),
-            }
-            let mut reaped = self.reaped.borrow_mut();
-            for cqe in ring.completion() {
-                reaped.push((cqe.user_data(), cqe.result(), cqe.flags()));
-            }
-        }
+        self.push_together(std::slice::from_ref(entry));
     }
 
     fn arm_remote(&self) {
@@ -505,12 +490,9 @@ impl Inner {
 
     /// Submits queued entries now if enough are waiting.
     fn submit_early(&self) {
-        if self.unsubmitted.get() < SUBMIT_EARLY_ENTRIES {
-            return;
+        if self.unsubmitted.get() >= SUBMIT_EARLY_ENTRIES {
+            self.submit_now();
         }
-        self.unsubmitted.set(0);
-        // A failed early submit is retried by the turn's own submit, which reports errors.
-        let _ = self.ring.borrow_mut().submit();
     }
 
     fn run_tasks(&self) {
