@@ -4,29 +4,79 @@
 //! per key, and an entry's version only ever increases. It lives on one core: no locks.
 //!
 //! Entries live in a slab that only grows (a memtable never removes a key; it is frozen and
-//! dropped whole). Two indexes point into it: a B-tree in key order for scans and flushes, and a
-//! hash table for point lookups and updates, so a GET or an overwrite touches a few cache lines
-//! instead of descending a tree of a million keys (the descent was 10% of a memory-resident
-//! GET's server CPU in `perf`).
+//! dropped whole). Each slab slot holds the key's bytes and its newest value in one allocation,
+//! so a point lookup that finds the key has its value in the same cache lines (with the value in
+//! an allocation of its own, copying it out was a cache miss of its own: 3.5% of a
+//! memory-resident GET's server CPU in `perf`). Two indexes point into the slab: a B-tree in key
+//! order for scans and flushes, and a hash table for point lookups and updates, so a GET or an
+//! overwrite touches a few cache lines instead of descending a tree of a million keys (the
+//! descent was 10% of a memory-resident GET's server CPU in `perf`).
 
 use hashbrown::HashTable;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use strata_format::manifest::RangeTombstone;
 use strata_format::version::Version;
 
-/// Bookkeeping bytes charged per entry on top of key and value: the tree's share (a 32-byte
-/// key and a slot index, nodes partly full), the slab slot (40 bytes, the slab grown by
+/// Bookkeeping bytes charged per entry on top of its bytes (see `charge`): the tree's share (a
+/// 32-byte key and a slot index, nodes partly full), the slab slot (32 bytes, the slab grown by
 /// doubling), the hash slot (4 bytes and a control byte, below 7/8 load) and the allocator's
-/// rounding of key and value. Measured: 1M entries of 32-byte keys and 100-byte values grew a
-/// process's RSS by 147 bytes per entry beyond keys and values.
-const ENTRY_OVERHEAD_BYTES: usize = 144;
+/// rounding. Measured: 1M entries of 32-byte keys and 100-byte values grew a process's RSS by
+/// 159 bytes per entry beyond one copy of key and value, of which 32 are the tree's copy of the
+/// key.
+const ENTRY_OVERHEAD_BYTES: usize = 128;
 
-/// One key's newest state: a value, or a tombstone (`value == None`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemEntry {
+/// One key's newest state, borrowed from the memtable: a value, or a tombstone (`value == None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemEntry<'a> {
     pub version: Version,
-    pub value: Option<Box<[u8]>>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// A slab slot: the key's bytes followed by the value's, in one allocation.
+#[derive(Debug)]
+struct Slot {
+    /// `key ++ value` (the value is empty for a tombstone).
+    bytes: Box<[u8]>,
+    version: Version,
+    /// Encoded keys are at most 1 + 255 + 8 bytes.
+    key_len: u16,
+    tombstone: bool,
+}
+
+impl Slot {
+    fn new(key: &[u8], version: Version, value: Option<&[u8]>) -> Self {
+        let key_len = u16::try_from(key.len()).expect("an encoded key is at most 264 bytes");
+        let value_bytes = value.unwrap_or_default();
+        let mut bytes = Vec::with_capacity(key.len() + value_bytes.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value_bytes);
+        Self { bytes: bytes.into_boxed_slice(), version, key_len, tombstone: value.is_none() }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.key_len)]
+    }
+
+    fn entry(&self) -> MemEntry<'_> {
+        let value = (!self.tombstone).then(|| &self.bytes[usize::from(self.key_len)..]);
+        MemEntry { version: self.version, value }
+    }
+
+    /// Replaces the value, in place when the new one is as long as the old.
+    fn set(&mut self, version: Version, value: Option<&[u8]>) {
+        let key_len = usize::from(self.key_len);
+        let value_bytes = value.unwrap_or_default();
+        if self.bytes.len() - key_len == value_bytes.len() {
+            self.bytes[key_len..].copy_from_slice(value_bytes);
+        } else {
+            let mut bytes = Vec::with_capacity(key_len + value_bytes.len());
+            bytes.extend_from_slice(&self.bytes[..key_len]);
+            bytes.extend_from_slice(value_bytes);
+            self.bytes = bytes.into_boxed_slice();
+        }
+        self.version = version;
+        self.tombstone = value.is_none();
+    }
 }
 
 /// A key in the ordered index: the encoded key, with its first 16 bytes also kept inline as a
@@ -35,11 +85,13 @@ pub struct MemEntry {
 /// (with plain boxed keys every comparison was a cache miss). 16 bytes, not 8, so that pkeys
 /// sharing their first bytes (`user:000…`, after the length byte) still differ in the number;
 /// the key stays 32 bytes, so a node's keys span few cache lines (inline key bytes made nodes so
-/// large that the search got slower). The order is the encoded keys' byte order.
+/// large that the search got slower). The order is the encoded keys' byte order. The tree keeps
+/// its own copy of the key's bytes: a slot's allocation is replaced when a value of another
+/// length overwrites it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MemKey {
     prefix: u128,
-    key: Rc<[u8]>,
+    key: Box<[u8]>,
 }
 
 /// The number a key's first 16 bytes make, zero-padded.
@@ -76,8 +128,8 @@ fn hash_of(key: &[u8]) -> u64 {
 
 #[derive(Debug, Default)]
 pub struct Memtable {
-    /// Every key and its entry, in arrival order; indexes point here.
-    slab: Vec<(Rc<[u8]>, MemEntry)>,
+    /// Every key and its newest state, in arrival order; indexes point here.
+    slab: Vec<Slot>,
     /// Key order: key → slab index.
     order: BTreeMap<MemKey, u32>,
     /// Point lookups: slab indexes, hashed by key.
@@ -120,8 +172,10 @@ impl Memtable {
         &self.range_tombstones
     }
 
+    /// An entry's charge: its key twice (the slot's and the tree's copies), its value, and the
+    /// bookkeeping.
     fn charge(key_len: usize, value: Option<&[u8]>) -> usize {
-        key_len + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
+        2 * key_len + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
     }
 
     /// Sets `key` to `value` (or a tombstone) at `version`. An older version than the one held
@@ -129,36 +183,35 @@ impl Memtable {
     pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
         let hash = hash_of(key);
         let slab = &mut self.slab;
-        if let Some(&at) = self.index.find(hash, |&i| *slab[i as usize].0 == *key) {
-            let entry = &mut slab[at as usize].1;
-            if entry.version >= version {
+        if let Some(&at) = self.index.find(hash, |&i| slab[i as usize].key() == key) {
+            let slot = &mut slab[at as usize];
+            if slot.version >= version {
                 return;
             }
-            self.bytes -= Self::charge(key.len(), entry.value.as_deref());
+            self.bytes -= Self::charge(key.len(), slot.entry().value);
             self.bytes += Self::charge(key.len(), value);
-            *entry = MemEntry { version, value: value.map(Box::from) };
+            slot.set(version, value);
             return;
         }
         let at = u32::try_from(slab.len()).expect("a memtable is frozen long before 4 billion entries");
-        let shared: Rc<[u8]> = Rc::from(key);
-        slab.push((shared.clone(), MemEntry { version, value: value.map(Box::from) }));
-        self.order.insert(MemKey { prefix: prefix_of(key), key: shared }, at);
-        self.index.insert_unique(hash, at, |&i| hash_of(&slab[i as usize].0));
+        slab.push(Slot::new(key, version, value));
+        self.order.insert(MemKey { prefix: prefix_of(key), key: Box::from(key) }, at);
+        self.index.insert_unique(hash, at, |&i| hash_of(slab[i as usize].key()));
         self.bytes += Self::charge(key.len(), value);
     }
 
     #[must_use]
-    pub fn get(&self, key: &[u8]) -> Option<&MemEntry> {
-        let at = self.index.find(hash_of(key), |&i| *self.slab[i as usize].0 == *key)?;
-        Some(&self.slab[*at as usize].1)
+    pub fn get(&self, key: &[u8]) -> Option<MemEntry<'_>> {
+        let at = self.index.find(hash_of(key), |&i| self.slab[i as usize].key() == key)?;
+        Some(self.slab[*at as usize].entry())
     }
 
     /// Entries within `range`, in key order.
     pub fn range<'a>(
         &'a self,
         range: (std::ops::Bound<&'a [u8]>, std::ops::Bound<&'a [u8]>),
-    ) -> impl Iterator<Item = (&'a [u8], &'a MemEntry)> + 'a {
-        let bound = |b: std::ops::Bound<&[u8]>| b.map(|key| MemKey { prefix: prefix_of(key), key: Rc::from(key) });
+    ) -> impl Iterator<Item = (&'a [u8], MemEntry<'a>)> + 'a {
+        let bound = |b: std::ops::Bound<&[u8]>| b.map(|key| MemKey { prefix: prefix_of(key), key: Box::from(key) });
         // An empty range (start past end) yields nothing, as `BTreeMap::range` would panic.
         let (from, to) = (bound(range.0), bound(range.1));
         let empty = match (&from, &to) {
@@ -174,12 +227,12 @@ impl Memtable {
             _ => false,
         };
         let iter = if empty { None } else { Some(self.order.range((from, to))) };
-        iter.into_iter().flatten().map(|(k, &at)| (k.key(), &self.slab[at as usize].1))
+        iter.into_iter().flatten().map(|(k, &at)| (k.key(), self.slab[at as usize].entry()))
     }
 
     /// Every entry in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &MemEntry)> {
-        self.order.iter().map(|(k, &at)| (k.key(), &self.slab[at as usize].1))
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], MemEntry<'_>)> {
+        self.order.iter().map(|(k, &at)| (k.key(), self.slab[at as usize].entry()))
     }
 }
 
@@ -192,9 +245,9 @@ mod tests {
         let mut m = Memtable::new();
         m.apply(b"k", 5, Some(b"new"));
         m.apply(b"k", 3, Some(b"old"));
-        assert_eq!(m.get(b"k").unwrap().value.as_deref(), Some(&b"new"[..]));
+        assert_eq!(m.get(b"k").unwrap().value, Some(&b"new"[..]));
         m.apply(b"k", 6, None);
-        assert_eq!(m.get(b"k").unwrap(), &MemEntry { version: 6, value: None });
+        assert_eq!(m.get(b"k").unwrap(), MemEntry { version: 6, value: None });
         assert_eq!(m.len(), 1);
     }
 
@@ -256,26 +309,31 @@ mod tests {
                 (0..len).map(|i| if i < 14 && next() % 4 != 0 { b'k' } else { b'a' + (next() % 3) as u8 }).collect()
             })
             .collect();
-        let mut model: BTreeMap<Vec<u8>, MemEntry> = BTreeMap::new();
+        // Each key's newest version and value (None: a tombstone).
+        type Model = BTreeMap<Vec<u8>, (Version, Option<Vec<u8>>)>;
+        let mut model = Model::new();
         let mut m = Memtable::new();
         for _ in 0..5000 {
             let key = &pool[(next() % pool.len() as u64) as usize];
             let version = 1 + next() % 1000;
             let value = (next() % 5 != 0).then(|| vec![next() as u8; (next() % 8) as usize]);
             m.apply(key, version, value.as_deref());
-            let held = model.get(key).map_or(0, |e| e.version);
+            let held = model.get(key).map_or(0, |e| e.0);
             if version > held {
-                model.insert(key.clone(), MemEntry { version, value: value.map(Vec::into_boxed_slice) });
+                model.insert(key.clone(), (version, value));
             }
         }
         assert_eq!(m.len(), model.len(), "seed {seed}");
         for key in &pool {
-            assert_eq!(m.get(key), model.get(key), "seed {seed}: key {key:?}");
+            let got = m.get(key).map(|e| (e.version, e.value.map(<[u8]>::to_vec)));
+            assert_eq!(got.as_ref(), model.get(key), "seed {seed}: key {key:?}");
         }
         assert!(m.get(b"absent").is_none());
-        let all: Vec<(Vec<u8>, MemEntry)> = m.iter().map(|(k, e)| (k.to_vec(), e.clone())).collect();
-        assert_eq!(all, model.clone().into_iter().collect::<Vec<_>>(), "seed {seed}");
-        let expected_bytes: usize = model.iter().map(|(k, e)| Memtable::charge(k.len(), e.value.as_deref())).sum();
+        let all: Model = m.iter().map(|(k, e)| (k.to_vec(), (e.version, e.value.map(<[u8]>::to_vec)))).collect();
+        let in_order: Vec<&[u8]> = m.iter().map(|(k, _)| k).collect();
+        assert!(in_order.is_sorted(), "seed {seed}: iteration is in key order");
+        assert_eq!(all, model, "seed {seed}");
+        let expected_bytes: usize = model.iter().map(|(k, e)| Memtable::charge(k.len(), e.1.as_deref())).sum();
         assert_eq!(m.bytes(), expected_bytes, "seed {seed}");
         use std::ops::Bound::{Excluded, Included};
         for _ in 0..50 {
@@ -296,8 +354,13 @@ mod tests {
     fn memtable_accounts_bytes() {
         let mut m = Memtable::new();
         m.apply(b"key", 1, Some(&[0; 100]));
-        assert_eq!(m.bytes(), 3 + 100 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(m.bytes(), 2 * 3 + 100 + ENTRY_OVERHEAD_BYTES, "the key counts twice: the slot's and the tree's");
         m.apply(b"key", 2, None);
-        assert_eq!(m.bytes(), 3 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(m.bytes(), 2 * 3 + ENTRY_OVERHEAD_BYTES);
+        m.apply(b"key", 3, Some(&[1; 100]));
+        assert_eq!(m.get(b"key"), Some(MemEntry { version: 3, value: Some(&[1; 100][..]) }));
+        m.apply(b"key", 4, Some(&[2; 100]));
+        assert_eq!(m.get(b"key"), Some(MemEntry { version: 4, value: Some(&[2; 100][..]) }), "overwritten in place");
+        assert_eq!(m.bytes(), 2 * 3 + 100 + ENTRY_OVERHEAD_BYTES);
     }
 }

@@ -288,7 +288,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let frozen = state.frozen.as_ref().expect("a flush job has a frozen memtable");
             (frozen.memtable.clone(), frozen.wal_seq_through)
         };
-        let mut by_window: BTreeMap<u64, Vec<(&[u8], &MemEntry)>> = BTreeMap::new();
+        let mut by_window: BTreeMap<u64, Vec<(&[u8], MemEntry<'_>)>> = BTreeMap::new();
         for (key, entry) in memtable.iter() {
             let window = window_of(ts_of_key(key), self.inner.options.window_us);
             if !self.window_expired(window) {
@@ -304,7 +304,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let path = table_path(&self.inner.tables_dir, table_id);
             let settled = self.inner.state.borrow().manifest.windows_settled.contains(&window);
             let format = self.format_for(window, settled);
-            let rows = entries.iter().map(|(k, e)| (*k, e.version, e.value.as_deref()));
+            let rows = entries.iter().map(|(k, e)| (*k, e.version, e.value));
             let mut meta = write_table(&self.inner.disk, &path, table_id, window, format, rows)
                 .await
                 .map_err(|e| format!("flush failed writing a table: {e}"))?;

@@ -94,7 +94,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let in_memory =
                 state.memtable.get(&key).or_else(|| state.frozen.as_ref().and_then(|f| f.memtable.get(&key)));
             match in_memory {
-                Some(entry) => (Some((entry.version, entry.value.as_ref().map(|v| v.to_vec()))), Vec::new(), ranges),
+                Some(entry) => (Some((entry.version, entry.value.map(<[u8]>::to_vec))), Vec::new(), ranges),
                 None => (None, state.levels.probe_order(window), ranges),
             }
         };
@@ -139,7 +139,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
                 for (key, entry) in memtable.range(range) {
                     let window = window_of(ts_of_key(key), window_us);
                     let merged = by_window.entry(window).or_default();
-                    merge_in(merged, key.to_vec(), entry.version, entry.value.as_ref().map(|v| v.to_vec()));
+                    merge_in(merged, key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec));
                 }
             }
             let mut windows: Vec<u64> =
@@ -244,7 +244,7 @@ impl<D: Disk, C: Clock> Shard<D, C> {
             let frozen = state.frozen.as_ref().map(|f| f.memtable.clone());
             for memtable in frozen.iter().map(Rc::as_ref).chain(std::iter::once(&state.memtable)) {
                 for (key, entry) in memtable.iter() {
-                    merge_in(&mut merged, key.to_vec(), entry.version, entry.value.as_ref().map(|v| v.to_vec()));
+                    merge_in(&mut merged, key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec));
                 }
             }
             let ranges: Vec<RangeTombstone> = state.range_tombstones().cloned().collect();
