@@ -37,6 +37,13 @@ pub const COLD_FORMAT_VERSION: u16 = 1;
 /// The largest cold block on disk, header and padding included (one larger entry excepted).
 pub const COLD_BLOCK_MAX: usize = 64 * 1024;
 pub const COLD_BLOCK_HEADER_SIZE: usize = size_of::<ColdBlockHeader>();
+/// The largest cold block on disk: a block holding one entry of the largest key and value,
+/// stored raw, padded to 4 KiB. A cold file must hold at least one.
+pub const COLD_BLOCK_LARGEST: usize = (COLD_BLOCK_HEADER_SIZE
+    + crate::table::ENTRY_HEADER_SIZE
+    + crate::table::KEY_LEN_MAX
+    + crate::protocol::VALUE_LEN_MAX as usize)
+    .next_multiple_of(BLOCK_SIZE);
 /// Where the first block of a cold file starts (after the file header's block).
 pub const COLD_DATA_START: u64 = BLOCK_SIZE as u64;
 /// The name of the label file at the root of every cold disk.

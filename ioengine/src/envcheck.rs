@@ -90,13 +90,19 @@ pub fn check_memlock(needed: u64) -> Finding {
     }
 }
 
-/// Writes and reads one 4 KiB block with O_DIRECT in `dir` (some filesystems refuse it).
+/// Writes and reads one 4 KiB block with O_DIRECT in `dir` (some filesystems refuse it). The
+/// directory must exist: a check changes nothing (created here, a missing mount point would
+/// be checked on the filesystem underneath).
 #[must_use]
 pub fn check_direct_io(dir: &Path) -> Finding {
     let check = "direct I/O";
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Finding { check, ok: false, detail: format!("{} is not a directory", dir.display()) },
+        Err(e) => return Finding { check, ok: false, detail: format!("cannot check {}: {e}", dir.display()) },
+    }
     let probe = dir.join(format!(".strata-odirect-probe-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -166,6 +172,19 @@ mod tests {
         let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
         let finding = check_direct_io(dir.path());
         assert!(finding.ok, "{}", finding.detail);
+    }
+
+    #[test]
+    fn direct_io_check_creates_nothing_and_names_what_is_missing() {
+        let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+        let missing = dir.path().join("not-mounted").join("data");
+        let finding = check_direct_io(&missing);
+        assert!(!finding.ok && finding.detail.contains("No such file"), "{}", finding.detail);
+        assert!(!dir.path().join("not-mounted").exists(), "the check created nothing");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let finding = check_direct_io(&file);
+        assert!(!finding.ok && finding.detail.contains("is not a directory"), "{}", finding.detail);
     }
 
     #[test]

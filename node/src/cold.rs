@@ -582,7 +582,7 @@ impl<'a, D: Disk> ColdWriter<'a, D> {
                 &self.store.file_path(disk, id),
                 None,
                 std::io::Error::other(format!(
-                    "a {first_block}-byte block does not fit a {file_bytes}-byte cold file (raise cold-file-size)"
+                    "a {first_block}-byte block does not fit a {file_bytes}-byte cold file (raise [cold] file-size)"
                 )),
             ));
         }

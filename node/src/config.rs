@@ -71,7 +71,7 @@ impl std::error::Error for ConfigError {
 pub struct Config {
     /// Where the shards keep their data, one `shard-<i>` directory each.
     pub data_dir: PathBuf,
-    /// Number of shards; 0 = one per online CPU (see [`Config::shard_count`]).
+    /// Number of shards; 0 = one per CPU the process may use (see [`Config::shard_count`]).
     pub shards: usize,
     /// `ip:port` every shard accepts clients on (with SO_REUSEPORT).
     pub listen: String,
@@ -297,6 +297,16 @@ impl Config {
             return invalid("shards", format!("{} is more than {SHARDS_MAX}; each shard pins a core", self.shards));
         }
         let listen = self.listen_addr()?;
+        if listen.port() == 0 {
+            return invalid(
+                "listen",
+                format!(
+                    "\"{}\" has port 0: each shard would get a port of its own from the kernel, and clients \
+                     could not find the node. Give a port, like \"127.0.0.1:7400\"",
+                    self.listen
+                ),
+            );
+        }
         match &self.ticket_secret_file {
             Some(path) if path.as_os_str().is_empty() => {
                 return invalid("ticket-secret-file", "is empty; give a file, or remove the key".into());
@@ -399,6 +409,9 @@ impl Config {
                 format!("{retention} is shorter than a window ({}); windows are dropped whole", s.window),
             );
         }
+        if s.compaction_rate.0.0 == 0 {
+            return invalid("shard.compaction-rate", "must be above 0".into());
+        }
         if s.ssd_reserve > s.ssd_throttle {
             return invalid(
                 "shard.ssd-throttle",
@@ -442,7 +455,8 @@ impl Config {
         if let Some(dup) = c.hdd.iter().find(|p| !seen.insert(*p)) {
             return invalid("cold.hdd", format!("lists {} twice: each disk is its own filesystem", dup.display()));
         }
-        let block_min = strata_format::cold::COLD_DATA_START + strata_format::cold::COLD_BLOCK_MAX as u64;
+        // The file header's block and one block of the largest value.
+        let block_min = strata_format::cold::COLD_DATA_START + strata_format::cold::COLD_BLOCK_LARGEST as u64;
         if c.file_size.0 < block_min || !c.file_size.0.is_multiple_of(strata_format::BLOCK_SIZE as u64) {
             return invalid(
                 "cold.file-size",
@@ -543,7 +557,7 @@ impl Config {
 
 # Where the shards keep their data, one shard-<i> directory each (relative to the working directory).
 data-dir = "{data_dir}"
-# Number of shards, each pinned to a core; 0 = one per online CPU.
+# Number of shards, each pinned to a core; 0 = one per CPU the process may use.
 shards = {shards}
 # Address every shard accepts clients on (SO_REUSEPORT spreads connections among them).
 listen = "{listen}"
@@ -1283,6 +1297,9 @@ mod tests {
         assert_eq!(invalid_key(&config), "listen");
         let config = Config { status_listen: "7480".into(), ..Config::default() };
         assert_eq!(invalid_key(&config), "status-listen");
+        // Port 0 would give every shard a port of its own, which no client could find.
+        let config = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+        assert_eq!(invalid_key(&config), "listen");
         let config = Config { status_listen: String::new(), ..Config::default() };
         config.validate().expect("an empty status-listen turns metrics off");
         assert_eq!(config.status_addr().expect("valid"), None);
@@ -1303,6 +1320,28 @@ mod tests {
         let config =
             Config { shards: 4, shard_port_base: 0, status_listen: "127.0.0.2:7401".into(), ..Config::default() };
         config.validate().expect("shard ports off and status on another port");
+    }
+
+    #[test]
+    fn validate_refuses_cold_files_too_small_for_the_largest_value_and_repeated_disks() {
+        // One value of the largest size, in a block of its own, must fit a cold file after the
+        // file's header.
+        let largest = strata_format::cold::COLD_DATA_START + strata_format::cold::COLD_BLOCK_LARGEST as u64;
+        assert!(largest > strata_format::protocol::VALUE_LEN_MAX.into());
+        let mut config = Config::default();
+        config.cold.file_size = ByteSize(largest - strata_format::BLOCK_SIZE as u64);
+        let error = config.validate().expect_err("too small for the largest value");
+        assert!(matches!(error, ConfigError::Invalid { key: "cold.file-size", .. }), "{error}");
+        config.cold.file_size = ByteSize(largest);
+        config.validate().expect("the smallest file that holds the largest value");
+        config.cold.file_size = ByteSize(largest + 512);
+        assert_eq!(invalid_key(&config), "cold.file-size");
+        let mut config = Config::default();
+        config.cold.hdd = vec!["/mnt/a".into(), "/mnt/b".into(), "/mnt/a".into()];
+        assert_eq!(invalid_key(&config), "cold.hdd");
+        let mut config = Config::default();
+        config.shard.compaction_rate = ByteRate(ByteSize(0));
+        assert_eq!(invalid_key(&config), "shard.compaction-rate");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! labelled for another node or another index is refused, and so is an unlabelled disk that
 //! holds files (it may be someone's data).
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use strata_format::cold::{DISK_LABEL_FILE, DiskLabel};
 
@@ -176,6 +177,7 @@ pub fn prepare(data_dir: &Path, hdd: &[PathBuf], create_folders: bool) -> Result
     // Check every disk before writing anything.
     let mut disks = Vec::with_capacity(hdd.len());
     let mut to_label = Vec::new();
+    let mut identities: Vec<(usize, (u64, u64))> = Vec::with_capacity(hdd.len());
     for (i, root) in hdd.iter().enumerate() {
         let i = i as u16;
         if !root.is_dir() {
@@ -186,6 +188,19 @@ pub fn prepare(data_dir: &Path, hdd: &[PathBuf], create_folders: bool) -> Result
                 return Err(format!("cold disk {i} at {} is not a directory (is the disk mounted?)", root.display()));
             }
         }
+        // The same directory under two spellings (`a` and `x/../a`, a symlink, a bind mount)
+        // would be two disks writing one set of file names, each deleting the other's files.
+        let identity = std::fs::metadata(root)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| format!("cannot read cold disk {i} at {}: {e}", root.display()))?;
+        if let Some((j, other)) = identities.iter().find(|(_, id)| *id == identity).map(|(j, _)| (*j, &hdd[*j])) {
+            return Err(format!(
+                "cold disks {j} ({}) and {i} ({}) are the same directory: list each disk once",
+                other.display(),
+                root.display()
+            ));
+        }
+        identities.push((usize::from(i), identity));
         let (logical_block_bytes, rotational) = device_facts(root);
         if let Some(lbs) = logical_block_bytes
             && lbs > strata_format::BLOCK_SIZE as u64
@@ -356,6 +371,23 @@ mod tests {
         let mut with_files = roots(a.path(), 2);
         with_files.push(stranger);
         assert!(prepare(a.path(), &with_files, true).unwrap_err().contains("holds files"));
+    }
+
+    #[test]
+    fn one_directory_listed_as_two_disks_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut hdd = roots(dir.path(), 3);
+        std::fs::create_dir_all(&hdd[0]).unwrap();
+        std::os::unix::fs::symlink(&hdd[0], dir.path().join("link")).unwrap();
+        for alias in [dir.path().join("hdd2").join("..").join("hdd0"), dir.path().join("link")] {
+            hdd[1] = alias.clone();
+            let e = prepare(&data, &hdd, true).unwrap_err();
+            assert!(e.contains("cold disks 0") && e.contains("are the same directory"), "{alias:?}: {e}");
+            assert!(!hdd[0].join(DISK_LABEL_FILE).exists(), "{alias:?}: no label was written");
+            assert_eq!(read_epochs(&data).unwrap(), None, "{alias:?}: no placement was recorded");
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ enum Command {
         /// Data directory (overrides the file).
         #[bpaf(long("data-dir"), argument("DIR"))]
         data_dir: Option<PathBuf>,
-        /// Number of shards (overrides the file; default one per online CPU).
+        /// Number of shards (overrides the file; default one per CPU the process may use).
         #[bpaf(long, argument("N"))]
         shards: Option<usize>,
         /// Address every shard accepts on (overrides the file).
@@ -66,12 +66,25 @@ enum Command {
     },
 }
 
+/// Parses the command line. Help and `--version` print and exit 0; a command line that does
+/// not parse is a usage error: exit 2, as for a bad configuration (1 means the command ran and
+/// failed, or for `strata-tool` found damage).
+fn parse_command_line<T>(parser: bpaf::OptionParser<T>) -> T {
+    match parser.run_inner(bpaf::Args::current_args()) {
+        Ok(parsed) => parsed,
+        Err(failure) => {
+            failure.print_message(100);
+            std::process::exit(if failure.exit_code() == 0 { 0 } else { 2 })
+        }
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let code = match command().run() {
+    let code = match parse_command_line(command()) {
         Command::Serve {
             config,
             check_config,
@@ -161,8 +174,12 @@ struct ShardPlan {
     listen: SocketAddr,
     shard_port: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
+    /// Each shard reports here once open (its handle, or why it could not open)...
     remotes: std::sync::mpsc::Sender<(usize, Result<Remote, String>)>,
     peers: Arc<OnceLock<Arc<Vec<Remote>>>>,
+    /// ...and here once it listens (or why it cannot). A shard's failures are reported only
+    /// through these, and logged by the main thread.
+    listening: std::sync::mpsc::Sender<(usize, Result<(), String>)>,
 }
 
 fn serve(cfg: &Config) -> i32 {
@@ -249,6 +266,7 @@ fn serve(cfg: &Config) -> i32 {
         return 1;
     }
     let (remote_tx, remote_rx) = std::sync::mpsc::channel();
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
     let peers = Arc::new(OnceLock::new());
     let mut handles = Vec::new();
     for index in 0..shard_count {
@@ -279,6 +297,7 @@ fn serve(cfg: &Config) -> i32 {
             stop: stop.clone(),
             remotes: remote_tx.clone(),
             peers: peers.clone(),
+            listening: listening_tx.clone(),
         };
         let name = format!("shard-{index}");
         match uring::spawn_pinned(&name, plan.cpu, move || run_shard(plan)) {
@@ -290,6 +309,7 @@ fn serve(cfg: &Config) -> i32 {
         }
     }
     drop(remote_tx);
+    drop(listening_tx);
     // Every shard hands in its remote handle; then each learns all of them.
     let mut remotes: Vec<Option<Remote>> = (0..shard_count).map(|_| None).collect();
     let mut code = 0;
@@ -304,21 +324,49 @@ fn serve(cfg: &Config) -> i32 {
             Err(_) => break,
         }
     }
-    if remotes.iter().all(Option::is_some) {
-        let all: Vec<Remote> = remotes.into_iter().map(|r| r.expect("checked")).collect();
-        let _ = peers.set(Arc::new(all));
-        tracing::info!(shards = shard_count, %listen, shard_port_base = cfg.shard_port_base, "serving");
-    } else {
+    if !remotes.iter().all(Option::is_some) {
         stop.store(true, Ordering::SeqCst);
         code = 1;
+    } else if let Err(e) = uring::net::check_port_free(listen) {
+        // The shards have not bound yet (they wait for `peers`): whatever holds the port is
+        // another process.
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            tracing::error!(
+                "cannot listen on {listen}: another process listens there ({e}). The shards share the port \
+                 with SO_REUSEPORT, so a second node of the same user would join it and take a share of the \
+                 clients: stop the other process, or choose another listen"
+            );
+        } else {
+            tracing::error!("cannot listen on {listen}: {e}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        code = 1;
+    } else {
+        let all: Vec<Remote> = remotes.into_iter().map(|r| r.expect("checked")).collect();
+        let _ = peers.set(Arc::new(all));
+        let mut listening = 0;
+        for _ in 0..shard_count {
+            match listening_rx.recv() {
+                Ok((_, Ok(()))) => listening += 1,
+                Ok((index, Err(e))) => {
+                    // A node missing a shard cannot serve that shard's buckets.
+                    tracing::error!("shard {index}: {e}; stopping the node");
+                    stop.store(true, Ordering::SeqCst);
+                    code = 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if listening == shard_count {
+            tracing::info!(shards = shard_count, %listen, shard_port_base = cfg.shard_port_base, "serving");
+        } else {
+            stop.store(true, Ordering::SeqCst);
+            code = 1;
+        }
     }
     for handle in handles {
         match handle.join() {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                tracing::error!("{e}");
-                code = 1;
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!("{e}");
                 code = 1;
@@ -342,10 +390,13 @@ fn check_shard_count(data_dir: &Path, shard_count: usize) -> Result<(), String> 
                 .parse()
                 .map_err(|_| format!("{} is damaged: {:?} is not a shard count", path.display(), text))?;
             if recorded != shard_count {
+                let shards = |n: usize| if n == 1 { "1 shard".to_string() } else { format!("{n} shards") };
                 return Err(format!(
-                    "{} was created with {recorded} shards and this start asks for {shard_count}; buckets cannot move \
+                    "{} was created with {} and this start asks for {}; buckets cannot move \
                      between shards yet, so start with --shards {recorded} (or shards = {recorded} in the config)",
-                    data_dir.display()
+                    data_dir.display(),
+                    shards(recorded),
+                    shards(shard_count)
                 ));
             }
             Ok(())
@@ -376,11 +427,11 @@ fn start_status_endpoint(addr: &str, shards: Vec<Arc<ShardMetrics>>) -> std::io:
             let mut request = [0u8; 1024];
             let n = std::io::Read::read(&mut stream, &mut request).unwrap_or(0);
             let head = String::from_utf8_lossy(&request[..n]);
-            let (status, body) = if head.starts_with("GET /metrics") || head.starts_with("GET / ") {
-                let mut body = String::from(metrics::families());
-                for (i, m) in shards.iter().enumerate() {
-                    m.render(&mut body, i);
-                }
+            // The request line: `GET <path>[?query] HTTP/1.x`.
+            let path = head.strip_prefix("GET ").and_then(|rest| rest.split([' ', '?']).next());
+            let (status, body) = if matches!(path, Some("/metrics" | "/")) {
+                let mut body = String::new();
+                metrics::render(&mut body, &shards);
                 ("200 OK", body)
             } else {
                 ("404 Not Found", "try GET /metrics\n".to_string())
@@ -395,7 +446,9 @@ fn start_status_endpoint(addr: &str, shards: Vec<Arc<ShardMetrics>>) -> std::io:
     Ok(())
 }
 
-async fn run_shard(plan: ShardPlan) -> Result<(), String> {
+/// Runs one shard until the node stops. Failures go to the main thread through the plan's
+/// channels.
+async fn run_shard(plan: ShardPlan) {
     let index = plan.index;
     let dir = plan.config.data_dir.join(format!("shard-{index}"));
     let mut options: ShardOptions = plan.config.shard_options(&dir);
@@ -404,9 +457,8 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     let (shard, report) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            let message = format!("shard {index}: {e}");
-            let _ = plan.remotes.send((index, Err(message.clone())));
-            return Err(message);
+            let _ = plan.remotes.send((index, Err(e.to_string())));
+            return;
         }
     };
     tracing::info!(
@@ -418,7 +470,7 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         "shard open"
     );
     if let Some(torn) = &report.torn_tail {
-        tracing::warn!(shard = index, file = %torn.file.display(), offset = torn.offset, reason = %torn.reason, "dropped a torn (never acknowledged) group commit at the WAL tail");
+        tracing::warn!(shard = index, file = %torn.file.display(), offset = torn.offset, reason = %torn.reason, "dropped a bad group commit at the WAL tail: a crash while writing it leaves one, never acknowledged; if the node did not crash, its writes were acknowledged and lost: check the disk");
     }
     uring::spawn_detached(Priority::Foreground, shard.background());
     uring::spawn_detached(Priority::Background, shard.maintenance());
@@ -433,9 +485,8 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         Ok(net) => net,
         Err(e) => {
             shard.close().await;
-            let message = format!("shard {index}: {e}");
-            let _ = plan.remotes.send((index, Err(message.clone())));
-            return Err(message);
+            let _ = plan.remotes.send((index, Err(e.to_string())));
+            return;
         }
     };
     let server = Server::install(plan.server.clone(), shard.clone(), net.clone(), plan.metrics.clone());
@@ -447,7 +498,7 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         }
         if plan.stop.load(Ordering::SeqCst) {
             shard.close().await;
-            return Ok(());
+            return;
         }
         uring::sleep(Duration::from_millis(1)).await;
     };
@@ -461,12 +512,13 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
         });
     if let Err(e) = listened {
         // A node missing a shard cannot serve that shard's buckets: stop the whole node now.
-        tracing::error!(shard = index, "{e}; stopping the node");
         plan.stop.store(true, Ordering::SeqCst);
+        let _ = plan.listening.send((index, Err(e)));
         server.drain(Duration::ZERO).await;
         shard.close().await;
-        return Err(format!("shard {index}: {e}"));
+        return;
     }
+    let _ = plan.listening.send((index, Ok(())));
     uring::spawn_detached(Priority::Background, server.clone().upkeep());
     let mut ticks = 0u64;
     while !plan.stop.load(Ordering::SeqCst) {
@@ -488,5 +540,4 @@ async fn run_shard(plan: ShardPlan) -> Result<(), String> {
     }
     shard.close().await;
     tracing::info!(shard = index, "shard closed cleanly");
-    Ok(())
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Node, now_us};
+use common::{Node, free_ports, now_us};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -312,6 +312,9 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     args.extend(hdd_a.iter().map(String::as_str));
     let (code, out) = strata_tool(&args);
     assert_eq!(code, 1, "scrub exits 1 on damage: {out}");
+    // A command line that does not parse is not damage: exit 2.
+    let (bad_code, _) = strata_tool(&["scrub", "--disk", "three", "--data-dir", dir_a.to_str().unwrap()]);
+    assert_eq!(bad_code, 2, "a bad command line exits 2");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let damage = report["damage"].as_array().unwrap();
     let missing: Vec<_> = damage.iter().filter(|d| d["missing"].as_bool() == Some(true)).collect();
@@ -425,7 +428,8 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
         config(&cfg, &hdd, "1 day");
         let out = Command::new(env!("CARGO_BIN_EXE_strata"))
             .args(["serve", "--data-dir", dir_a.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
-            .args(["--shards", "2", "--listen", "127.0.0.1:0", "--status-listen", "", "--shard-port-base", "0"])
+            .args(["--shards", "2", "--listen", &format!("127.0.0.1:{}", free_ports(1)), "--status-listen", ""])
+            .args(["--shard-port-base", "0"])
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr);

@@ -75,6 +75,33 @@ fn every_operation_round_trips_through_both_ports_and_survives_a_clean_restart()
     let metrics = node.metrics();
     assert!(metrics.contains("strata_requests_total{shard=\"0\",op=\"PUT\"}"), "{metrics}");
     assert!(metrics.contains("strata_forwarded_requests_total"), "{metrics}");
+
+    // A second node (another data directory) on the node's port would join its SO_REUSEPORT
+    // group and take a share of the clients: it is refused before it listens.
+    let start = |data: &std::path::Path, listen: String, shard_port_base: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["serve", "--data-dir", data.to_str().unwrap(), "--shards", "1", "--status-listen", ""])
+            .args(["--listen", &listen, "--shard-port-base", &shard_port_base])
+            .output()
+            .unwrap()
+    };
+    let second = start(&dir.path().join("second"), node.addr.to_string(), "0".into());
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("cannot listen on {}: another process listens there", node.addr)), "{text}");
+    assert!(!text.contains("serving shards="), "{text}");
+    // A shard port held by another process stops a node before it says it serves, and the
+    // reason is logged once.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let third = start(&dir.path().join("third"), format!("127.0.0.1:{}", common::free_ports(1)), held_port.to_string());
+    let text = String::from_utf8_lossy(&third.stderr);
+    assert_eq!(third.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches(&format!("cannot listen on 127.0.0.1:{held_port}")).count(), 1, "{text}");
+    assert!(!text.contains("serving shards="), "{text}");
+    drop(held);
+    assert!(common.ping().is_ok(), "the first node still serves");
+
     assert_eq!(node.terminate(), Some(0), "log:\n{}", node.log_text());
     let log = node.log_text();
     assert!(log.contains("shard closed cleanly"), "log:\n{log}");
@@ -87,6 +114,17 @@ fn every_operation_round_trips_through_both_ports_and_survives_a_clean_restart()
     assert_ne!(refused.status.code(), Some(0));
     let text = String::from_utf8_lossy(&refused.stderr);
     assert!(text.contains("created with 2 shards"), "{text}");
+    // A command line that does not parse exits 2, as a bad configuration does; help exits 0.
+    for (args, code, says) in [
+        (&["serve", "--shards", "two"][..], 2, "two"),
+        (&["serve", "--bogus"], 2, "--bogus"),
+        (&["serve", "--help"], 0, "--print-sample-config"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata")).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?} says what: {text}");
+    }
 
     let node = Node::start(&data, &[]);
     let mut client = node.client();

@@ -86,15 +86,53 @@ fn inspect_segment(path: &Path) -> Result<SegmentReport, String> {
     Ok(report)
 }
 
+/// What a file is, by its first four bytes (its name decides only for a file whose header is
+/// not written yet: a preallocated WAL segment, a cold file being sunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Segment,
+    Table,
+    Manifest,
+    Cold,
+}
+
+fn kind_of(path: &Path) -> Result<Kind, String> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| format!("cannot read the first bytes of {}: {e}", path.display()))?;
+    let by_name = |ext: &str| path.extension().is_some_and(|x| x == ext);
+    match u32::from_le_bytes(magic) {
+        strata_format::wal::SEGMENT_MAGIC => Ok(Kind::Segment),
+        strata_format::table::BLOCK_MAGIC => Ok(Kind::Table),
+        strata_format::manifest::MANIFEST_MAGIC => Ok(Kind::Manifest),
+        strata_format::cold::COLD_FILE_MAGIC => Ok(Kind::Cold),
+        0 if by_name("seg") => Ok(Kind::Segment),
+        0 if by_name("cold") => Ok(Kind::Cold),
+        _ => Err(format!(
+            "{} is not a Strata file: it starts with {magic:02x?}, and a WAL segment starts with \"STWS\", a \
+             table with \"STBK\", a manifest with \"STMF\", a cold file with \"STCF\" (or zeros, for a free \
+             segment or a cold file being written)",
+            path.display()
+        )),
+    }
+}
+
+/// Inspects a file (by its kind) or a shard's `wal/` directory: 0 when sound, 1 when damage
+/// was found, 2 when the path is not something to inspect.
 pub fn run(path: &Path, json: bool) -> i32 {
-    if path.extension().is_some_and(|x| x == "cold") {
-        return inspect_cold(path, json);
-    }
-    if path.extension().is_some_and(|x| x == "sst") {
-        return inspect_table(path, json);
-    }
-    if path.file_name().is_some_and(|n| n == "MANIFEST") {
-        return inspect_manifest(path, json);
+    if !path.is_dir() {
+        match kind_of(path) {
+            Ok(Kind::Cold) => return inspect_cold(path, json),
+            Ok(Kind::Table) => return inspect_table(path, json),
+            Ok(Kind::Manifest) => return inspect_manifest(path, json),
+            Ok(Kind::Segment) => {}
+            Err(e) => {
+                eprintln!("strata-tool: {e}");
+                return 2;
+            }
+        }
     }
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {

@@ -22,18 +22,22 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[bpaf(options, version)]
 /// Operator tools for Strata data directories.
 enum Command {
-    /// Decode WAL segment files (or every segment of a shard's `wal/` directory), read-only.
+    /// Decode a WAL segment, table, manifest or cold file, or a shard's `wal/` directory.
+    ///
+    /// Read-only. The file's kind is read from its first bytes. Exit status 1 when damage is
+    /// found, 2 when the path is not a Strata file.
     #[bpaf(command)]
     Inspect {
         /// Print JSON instead of text.
         #[bpaf(long)]
         json: bool,
-        /// A segment file, or a directory of segment files.
+        /// A file, or a directory of WAL segment files.
         #[bpaf(positional("PATH"))]
         path: PathBuf,
     },
-    /// Run the start-up checks (io_uring, memlock, O_DIRECT, device facts) for a data directory
-    /// and its cold disks.
+    /// Run the start-up checks for a data directory and its cold disks.
+    ///
+    /// io_uring, memlock, O_DIRECT, and each disk's logical block size, rotation and label.
     #[bpaf(command("check-env"))]
     CheckEnv {
         /// Print JSON instead of text.
@@ -42,8 +46,10 @@ enum Command {
         #[bpaf(external(node_args))]
         node: NodeArgs,
     },
-    /// Verify the CRC of every block of every cold file the node's manifests name, at high
-    /// queue depth; report missing files and damaged ranges (exit 1 when any).
+    /// Verify every cold block's CRC; report missing files and damaged ranges.
+    ///
+    /// Reads every block of every cold file the node's manifests name, at high queue depth.
+    /// Exit status 0 when clean, 1 when damage was found, 2 on an error.
     #[bpaf(command)]
     Scrub {
         /// Print JSON instead of text.
@@ -58,8 +64,10 @@ enum Command {
         #[bpaf(external(node_args))]
         node: NodeArgs,
     },
-    /// Rewrite every damaged range found by a scrub from a peer's copy (a node of the same
-    /// group: byte-identical disks), verifying after the write. The node must be stopped.
+    /// Rewrite every damaged range a scrub finds from a peer's copy (the node stopped).
+    ///
+    /// The peer is a node of the same group (byte-identical disks); every range is verified
+    /// after it is written.
     #[bpaf(command)]
     Repair {
         #[bpaf(long)]
@@ -72,8 +80,9 @@ enum Command {
         #[bpaf(external(node_args))]
         node: NodeArgs,
     },
-    /// Refill a replaced (empty) disk by copying the same-numbered disk of a peer, verifying
-    /// every block; resumable after an interruption. The node must be stopped.
+    /// Refill a replaced (empty) disk from a peer's same-numbered disk (the node stopped).
+    ///
+    /// Every block is verified; an interrupted rebuild resumes where it stopped.
     #[bpaf(command("rebuild-disk"))]
     RebuildDisk {
         #[bpaf(long)]
@@ -94,11 +103,14 @@ enum Command {
     Ticket(#[bpaf(external(ticket_command))] TicketCommand),
 }
 
+/// The data directory of a node started with no configuration.
+const DATA_DIR_DEFAULT: &str = "./strata-data";
+
 /// Which node: its data directory and cold disks.
 #[derive(Debug, Clone, Bpaf)]
 struct NodeArgs {
     /// The node's data directory.
-    #[bpaf(long("data-dir"), argument("DIR"), fallback(PathBuf::from("./strata-data")), debug_fallback)]
+    #[bpaf(long("data-dir"), argument("DIR"), fallback(PathBuf::from(DATA_DIR_DEFAULT)), debug_fallback)]
     data_dir: PathBuf,
     /// The node's cold disks, in order (repeat); default: the four folders in the data directory.
     #[bpaf(long("hdd"), argument("PATH"))]
@@ -195,7 +207,8 @@ enum RouteCommand {
         /// Groups in the cluster (1: a single node).
         #[bpaf(long, argument("N"), fallback(1), display_fallback)]
         groups: u16,
-        /// The node's configuration (window and hot horizon); default: the embedded defaults.
+        /// The node's configuration: its window, hot horizon, data directory and cold disks
+        /// (--data-dir and --hdd override the last two); default: the embedded defaults.
         #[bpaf(long, argument("FILE"))]
         config: Option<PathBuf>,
         #[bpaf(external(node_args))]
@@ -209,8 +222,21 @@ enum RouteCommand {
     },
 }
 
+/// Parses the command line. Help and `--version` print and exit 0; a command line that does
+/// not parse is a usage error: exit 2, as for a bad configuration (1 means the command ran and
+/// failed, or for `strata-tool` found damage).
+fn parse_command_line<T>(parser: bpaf::OptionParser<T>) -> T {
+    match parser.run_inner(bpaf::Args::current_args()) {
+        Ok(parsed) => parsed,
+        Err(failure) => {
+            failure.print_message(100);
+            std::process::exit(if failure.exit_code() == 0 { 0 } else { 2 })
+        }
+    }
+}
+
 fn main() {
-    let code = match command().run() {
+    let code = match parse_command_line(command()) {
         Command::Inspect { json, path } => inspect::run(&path, json),
         Command::CheckEnv { json, node } => check_env(&node, json),
         Command::Scrub { json, disk, quarantine, node } => report(scrub(&node, disk, quarantine, json)),
@@ -250,13 +276,22 @@ fn ticket_issue(
             return 1;
         }
     };
+    if pkeys.is_empty() && prefixes.is_empty() && !admin {
+        eprintln!("this ticket would cover no pkey: give --pkey, --prefix or --admin");
+        return 2;
+    }
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // A TTL past the end of u64 seconds is refused by name rather than wrapped.
+    let Some(expires_at_s) = now_s.checked_add(ttl_seconds).filter(|_| ttl_seconds > 0) else {
+        eprintln!("--ttl-seconds {ttl_seconds} is out of range: give 1 or more, small enough to add to the time now");
+        return 2;
+    };
     let scopes: Vec<Scope> = pkeys
         .into_iter()
         .map(|p| Scope::Exact(p.into_bytes()))
         .chain(prefixes.into_iter().map(|p| Scope::Prefix(p.into_bytes())))
         .collect();
-    let ticket = Ticket { admin, issued_at_s: now_s, expires_at_s: now_s + ttl_seconds, scopes };
+    let ticket = Ticket { admin, issued_at_s: now_s, expires_at_s, scopes };
     if let Err(e) = ticket.validate() {
         eprintln!("cannot issue this ticket: {e}");
         return 1;
@@ -485,6 +520,15 @@ fn route_key(
     let cfg = match config {
         Some(path) => strata_node::config::Config::load(path).map_err(|e| e.to_string())?,
         None => strata_node::config::Config::default(),
+    };
+    // The configuration locates the node too; the flags, when given, override it.
+    let node = &NodeArgs {
+        data_dir: if config.is_some() && node.data_dir == Path::new(DATA_DIR_DEFAULT) {
+            cfg.data_dir.clone()
+        } else {
+            node.data_dir.clone()
+        },
+        hdd: if node.hdd.is_empty() { cfg.cold.hdd.clone() } else { node.hdd.clone() },
     };
     strata_format::key::validate_pkey(pkey).map_err(|e| e.to_string())?;
     if groups == 0 || groups > GROUP_COUNT_MAX {

@@ -374,6 +374,31 @@ fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd>
     Ok(fd)
 }
 
+/// Fails with `AddrInUse` if any socket, of this process or another, listens on `addr`: binds
+/// a socket without SO_REUSEPORT there and closes it unlistened (nothing can connect to it).
+/// A node's shards share their port through SO_REUSEPORT, which the kernel grants to every
+/// socket of the same user: without this check a second node started on the port would join
+/// the group and take a share of the clients, silently.
+pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: socket has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SO_REUSEADDR, as the listeners have: connections in TIME_WAIT do not hold the port, a
+    // listener does.
+    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call's duration.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> std::io::Result<()> {
     // SAFETY: passes a pointer to a live i32 and its size.
     let rc = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as u32) };

@@ -107,93 +107,155 @@ impl ShardMetrics {
     pub fn rejection(&self, refusal: Refusal) {
         self.rejections[refusal as usize].fetch_add(1, Relaxed);
     }
-
-    /// Appends this shard's metrics; `header` adds the HELP/TYPE lines (once per family).
-    pub fn render(&self, out: &mut String, shard: usize) {
-        let l = format!("shard=\"{shard}\"");
-        for op in Opcode::ALL {
-            let n = self.requests[op as usize].load(Relaxed);
-            let _ = writeln!(out, "strata_requests_total{{{l},op=\"{}\"}} {n}", op.name());
-        }
-        for status in Status::ALL {
-            let n = self.responses[status as usize % 12].load(Relaxed);
-            let _ = writeln!(out, "strata_responses_total{{{l},status=\"{}\"}} {n}", status.name());
-        }
-        for refusal in Refusal::ALL {
-            let n = self.rejections[refusal as usize].load(Relaxed);
-            let _ = writeln!(out, "strata_rejections_total{{{l},reason=\"{}\"}} {n}", refusal.name());
-        }
-        let counters: [(&str, &AtomicU64); 17] = [
-            ("strata_forwarded_requests_total", &self.forwarded),
-            ("strata_merged_reads_total", &self.merged_reads),
-            ("strata_bad_frames_total", &self.bad_frames),
-            ("strata_connections_accepted_total", &self.connections_accepted),
-            ("strata_connections_closed_total", &self.connections_closed),
-            ("strata_network_bytes_received_total", &self.bytes_received),
-            ("strata_receive_buffer_exhaustions_total", &self.receives_out_of_buffers),
-            ("strata_wal_fsyncs_total", &self.wal_fsyncs),
-            ("strata_wal_batches_total", &self.wal_batches),
-            ("strata_wal_bytes_written_total", &self.wal_bytes_written),
-            ("strata_writes_acked_total", &self.writes_acked),
-            ("strata_flush_bytes_written_total", &self.flush_bytes_written),
-            ("strata_compaction_bytes_written_total", &self.compaction_bytes_written),
-            ("strata_compaction_bytes_read_total", &self.compaction_bytes_read),
-            ("strata_block_cache_hits_total", &self.block_cache_hits),
-            ("strata_block_cache_misses_total", &self.block_cache_misses),
-            ("strata_inflight_requests", &self.inflight_requests),
-        ];
-        for (name, value) in counters {
-            let _ = writeln!(out, "{name}{{{l}}} {}", value.load(Relaxed));
-        }
-        let _ = writeln!(out, "strata_open_connections{{{l}}} {}", self.open_connections.load(Relaxed));
-        for (name, value) in [
-            ("strata_sinks_total", &self.sinks),
-            ("strata_sink_bytes_written_total", &self.sink_bytes_written),
-            ("strata_sinks_abandoned_total", &self.sinks_abandoned),
-            ("strata_cold_windows", &self.cold_windows),
-            ("strata_cold_repair_queue", &self.repair_queue),
-        ] {
-            let _ = writeln!(out, "{name}{{{l}}} {}", value.load(Relaxed));
-        }
-        let disks = self.cold_disks.lock().map(|d| d.clone()).unwrap_or_default();
-        for (disk, (stats, down)) in disks.iter().enumerate() {
-            let dl = format!("{l},disk=\"{disk}\"");
-            for (name, value) in [
-                ("strata_cold_disk_reads_total", stats.reads),
-                ("strata_cold_disk_read_bytes_total", stats.read_bytes),
-                ("strata_cold_disk_writes_total", stats.writes),
-                ("strata_cold_disk_write_bytes_total", stats.write_bytes),
-                ("strata_cold_disk_errors_total", stats.errors),
-                ("strata_cold_disk_corrupt_blocks_total", stats.corrupt_blocks),
-                ("strata_cold_disk_down", u64::from(*down)),
-            ] {
-                let _ = writeln!(out, "{name}{{{dl}}} {value}");
-            }
-        }
-        self.latency_read.render(out, "strata_request_seconds", &format!("{l},kind=\"read\""));
-        self.latency_write.render(out, "strata_request_seconds", &format!("{l},kind=\"write\""));
-        self.queue_delay.render(out, "strata_queue_delay_seconds", &l);
-        self.socket_wait.render(out, "strata_socket_wait_seconds", &l);
-    }
 }
 
-/// The HELP and TYPE lines of every family, printed once before all shards.
-#[must_use]
-pub fn families() -> &'static str {
-    "# HELP strata_requests_total Requests received, by operation.\n\
-     # TYPE strata_requests_total counter\n\
-     # HELP strata_responses_total Responses sent, by status.\n\
-     # TYPE strata_responses_total counter\n\
-     # HELP strata_rejections_total Requests refused by admission control, by reason.\n\
-     # TYPE strata_rejections_total counter\n\
-     # HELP strata_request_seconds Time from a request's arrival to its response.\n\
-     # TYPE strata_request_seconds histogram\n\
-     # HELP strata_queue_delay_seconds Time from a request's arrival to its start.\n\
-     # TYPE strata_queue_delay_seconds histogram\n\
-     # HELP strata_socket_wait_seconds Time from the kernel's receipt of a request to the server reading it.\n\
-     # TYPE strata_socket_wait_seconds histogram\n\
-     # HELP strata_wal_fsyncs_total WAL fdatasyncs (group commits made durable).\n\
-     # TYPE strata_wal_fsyncs_total counter\n"
+/// A family of one value per shard: name, type, help, and how to read it.
+type ScalarFamily = (&'static str, &'static str, &'static str, fn(&ShardMetrics) -> u64);
+
+const SCALARS: [ScalarFamily; 22] = [
+    ("strata_forwarded_requests_total", "counter", "Requests sent to the shard that owns their pkeys.", |m| {
+        m.forwarded.load(Relaxed)
+    }),
+    ("strata_merged_reads_total", "counter", "GETs answered by an identical GET's read already in flight.", |m| {
+        m.merged_reads.load(Relaxed)
+    }),
+    ("strata_bad_frames_total", "counter", "Frames refused for their header or their body checksum.", |m| {
+        m.bad_frames.load(Relaxed)
+    }),
+    ("strata_connections_accepted_total", "counter", "Connections accepted.", |m| m.connections_accepted.load(Relaxed)),
+    ("strata_connections_closed_total", "counter", "Connections closed.", |m| m.connections_closed.load(Relaxed)),
+    ("strata_open_connections", "gauge", "Connections open now.", |m| m.open_connections.load(Relaxed)),
+    ("strata_inflight_requests", "gauge", "Admitted requests not yet answered.", |m| m.inflight_requests.load(Relaxed)),
+    ("strata_network_bytes_received_total", "counter", "Bytes received from clients.", |m| {
+        m.bytes_received.load(Relaxed)
+    }),
+    (
+        "strata_receive_buffer_exhaustions_total",
+        "counter",
+        "Receives that found no provided receive buffer free.",
+        |m| m.receives_out_of_buffers.load(Relaxed),
+    ),
+    ("strata_wal_fsyncs_total", "counter", "WAL fdatasyncs (group commits made durable).", |m| {
+        m.wal_fsyncs.load(Relaxed)
+    }),
+    ("strata_wal_batches_total", "counter", "WAL group-commit batches written.", |m| m.wal_batches.load(Relaxed)),
+    ("strata_wal_bytes_written_total", "counter", "WAL bytes written.", |m| m.wal_bytes_written.load(Relaxed)),
+    ("strata_writes_acked_total", "counter", "Writes acknowledged after their group commit.", |m| {
+        m.writes_acked.load(Relaxed)
+    }),
+    ("strata_flush_bytes_written_total", "counter", "Table bytes written by memtable flushes.", |m| {
+        m.flush_bytes_written.load(Relaxed)
+    }),
+    ("strata_compaction_bytes_written_total", "counter", "Table bytes written by compactions.", |m| {
+        m.compaction_bytes_written.load(Relaxed)
+    }),
+    ("strata_compaction_bytes_read_total", "counter", "Table bytes read by compactions.", |m| {
+        m.compaction_bytes_read.load(Relaxed)
+    }),
+    ("strata_block_cache_hits_total", "counter", "Block cache hits.", |m| m.block_cache_hits.load(Relaxed)),
+    ("strata_block_cache_misses_total", "counter", "Block cache misses.", |m| m.block_cache_misses.load(Relaxed)),
+    ("strata_sinks_total", "counter", "Windows sunk to the cold disks.", |m| m.sinks.load(Relaxed)),
+    ("strata_sink_bytes_written_total", "counter", "Cold bytes written by sinks.", |m| {
+        m.sink_bytes_written.load(Relaxed)
+    }),
+    ("strata_sinks_abandoned_total", "counter", "Sinks given up on a cold-disk error.", |m| {
+        m.sinks_abandoned.load(Relaxed)
+    }),
+    ("strata_cold_windows", "gauge", "Windows on the cold tier.", |m| m.cold_windows.load(Relaxed)),
+];
+
+/// A family of one value per shard and cold disk (the disk's counters, and whether it is down).
+type DiskFamily = (&'static str, &'static str, &'static str, fn(&crate::cold::ColdDiskStats, bool) -> u64);
+
+const COLD_DISK: [DiskFamily; 7] = [
+    ("strata_cold_disk_reads_total", "counter", "Cold-disk reads.", |s, _| s.reads),
+    ("strata_cold_disk_read_bytes_total", "counter", "Cold-disk bytes read.", |s, _| s.read_bytes),
+    ("strata_cold_disk_writes_total", "counter", "Cold-disk writes.", |s, _| s.writes),
+    ("strata_cold_disk_write_bytes_total", "counter", "Cold-disk bytes written.", |s, _| s.write_bytes),
+    ("strata_cold_disk_errors_total", "counter", "Cold-disk I/O errors.", |s, _| s.errors),
+    (
+        "strata_cold_disk_corrupt_blocks_total",
+        "counter",
+        "Cold blocks that failed their check or whose file is missing.",
+        |s, _| s.corrupt_blocks,
+    ),
+    (
+        "strata_cold_disk_down",
+        "gauge",
+        "1 when the shard took the disk out of service after an I/O error.",
+        |_, down| u64::from(down),
+    ),
+];
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The Prometheus text exposition of every shard's metrics: each family once, with its HELP and
+/// TYPE lines, followed by all its samples (every shard's, labelled `shard`), as the format
+/// requires.
+pub fn render(out: &mut String, shards: &[std::sync::Arc<ShardMetrics>]) {
+    let label = |shard: usize| format!("shard=\"{shard}\"");
+    header(out, "strata_requests_total", "counter", "Requests received, by operation.");
+    for (i, m) in shards.iter().enumerate() {
+        for op in Opcode::ALL {
+            let n = m.requests[op as usize].load(Relaxed);
+            let _ = writeln!(out, "strata_requests_total{{{},op=\"{}\"}} {n}", label(i), op.name());
+        }
+    }
+    header(out, "strata_responses_total", "counter", "Responses sent, by status.");
+    for (i, m) in shards.iter().enumerate() {
+        for status in Status::ALL {
+            let n = m.responses[status as usize % 12].load(Relaxed);
+            let _ = writeln!(out, "strata_responses_total{{{},status=\"{}\"}} {n}", label(i), status.name());
+        }
+    }
+    header(out, "strata_rejections_total", "counter", "Requests refused by admission control, by reason.");
+    for (i, m) in shards.iter().enumerate() {
+        for refusal in Refusal::ALL {
+            let n = m.rejections[refusal as usize].load(Relaxed);
+            let _ = writeln!(out, "strata_rejections_total{{{},reason=\"{}\"}} {n}", label(i), refusal.name());
+        }
+    }
+    for (name, kind, help, read) in SCALARS {
+        header(out, name, kind, help);
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{{}}} {}", label(i), read(m));
+        }
+    }
+    header(out, "strata_cold_repair_queue", "gauge", "Cold blocks this shard found bad since it started.");
+    for (i, m) in shards.iter().enumerate() {
+        let _ = writeln!(out, "strata_cold_repair_queue{{{}}} {}", label(i), m.repair_queue.load(Relaxed));
+    }
+    let disks: Vec<Vec<(crate::cold::ColdDiskStats, bool)>> =
+        shards.iter().map(|m| m.cold_disks.lock().map(|d| d.clone()).unwrap_or_default()).collect();
+    for (name, kind, help, read) in COLD_DISK {
+        header(out, name, kind, help);
+        for (i, shard_disks) in disks.iter().enumerate() {
+            for (disk, (stats, down)) in shard_disks.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{{},disk=\"{disk}\"}} {}", label(i), read(stats, *down));
+            }
+        }
+    }
+    header(out, "strata_request_seconds", "histogram", "Time from a request's arrival to its response.");
+    for (i, m) in shards.iter().enumerate() {
+        m.latency_read.render(out, "strata_request_seconds", &format!("{},kind=\"read\"", label(i)));
+        m.latency_write.render(out, "strata_request_seconds", &format!("{},kind=\"write\"", label(i)));
+    }
+    header(out, "strata_queue_delay_seconds", "histogram", "Time from a request's arrival to its start.");
+    for (i, m) in shards.iter().enumerate() {
+        m.queue_delay.render(out, "strata_queue_delay_seconds", &label(i));
+    }
+    header(
+        out,
+        "strata_socket_wait_seconds",
+        "histogram",
+        "Time from the kernel's receipt of a request to the server reading it.",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        m.socket_wait.render(out, "strata_socket_wait_seconds", &label(i));
+    }
 }
 
 #[cfg(test)]
@@ -208,10 +270,57 @@ mod tests {
         m.latency_read.record(100);
         m.latency_read.record(u64::MAX / 4);
         let mut out = String::new();
-        m.render(&mut out, 3);
+        render(
+            &mut out,
+            &[std::sync::Arc::default(), std::sync::Arc::default(), std::sync::Arc::default(), std::sync::Arc::new(m)],
+        );
         assert!(out.contains("strata_requests_total{shard=\"3\",op=\"GET\"} 1"), "{out}");
         assert!(out.contains("strata_request_seconds_bucket{shard=\"3\",kind=\"read\",le=\"0.000016\"} 1"), "{out}");
         assert!(out.contains("strata_request_seconds_bucket{shard=\"3\",kind=\"read\",le=\"+Inf\"} 3"), "{out}");
         assert!(out.contains("strata_request_seconds_count{shard=\"3\",kind=\"read\"} 3"), "{out}");
+        assert!(out.contains("strata_requests_total{shard=\"0\",op=\"GET\"} 0"), "{out}");
+    }
+
+    /// The text format: every family has its TYPE line before its samples, and a family's
+    /// samples (all shards', all disks') form one group.
+    #[test]
+    fn every_family_is_typed_and_contiguous_across_shards() {
+        let shards: Vec<std::sync::Arc<ShardMetrics>> = (0..3).map(|_| std::sync::Arc::default()).collect();
+        for m in &shards {
+            *m.cold_disks.lock().unwrap() = vec![Default::default(); 2];
+        }
+        let mut out = String::new();
+        render(&mut out, &shards);
+        let mut typed = std::collections::HashMap::new();
+        let mut finished = std::collections::HashSet::new();
+        let mut current: Option<String> = None;
+        let mut samples = 0;
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(typed.insert(name.to_string(), kind.to_string()).is_none(), "{name} typed twice");
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix).filter(|base| typed.get(*base).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(name)
+                .to_string();
+            assert!(typed.contains_key(&family), "{family} has no TYPE line before its samples");
+            if current.as_ref() != Some(&family) {
+                assert!(!finished.contains(&family), "{family}'s samples are split");
+                if let Some(previous) = current.replace(family.clone()) {
+                    finished.insert(previous);
+                }
+            }
+            samples += 1;
+        }
+        assert!(typed.len() > 30 && samples > 3 * typed.len(), "{} families, {samples} samples", typed.len());
     }
 }
