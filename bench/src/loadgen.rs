@@ -35,6 +35,8 @@ pub enum Op {
     /// Native PUT of a timeless record (like Redis SET), or RESP SET.
     Put,
     Get,
+    /// Native PING (answered before admission, no storage) or RESP PING: the network path alone.
+    Ping,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -213,6 +215,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                     let encoded = match spec.op {
                         Op::Put => protocol::encode_put(&mut conn.out, head, &key, TS_TIMELESS, &value),
                         Op::Get => protocol::encode_get(&mut conn.out, head, &key, TS_TIMELESS),
+                        Op::Ping => protocol::encode_ping(&mut conn.out, head, &[]),
                     };
                     encoded.expect("bench requests are valid");
                     conn.pending_by_id.insert(conn.next_id, (intended, index));
@@ -230,6 +233,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                             out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
                             resp_bulk(out, &key);
                         }
+                        Op::Ping => out.extend_from_slice(strata_ioengine::echo::PING),
                     }
                     conn.pending_fifo.push_back(intended);
                 }

@@ -8,6 +8,7 @@ mod engine_get;
 mod engine_put;
 mod fio;
 mod loadgen;
+mod netpath;
 mod overload;
 mod procstat;
 mod servers;
@@ -128,6 +129,33 @@ enum Command {
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
+    },
+    /// The network path alone: PING answered by redis-server, a plain responder on glommio's
+    /// sockets, one on the node's io_uring loop, and the node; server CPU per request.
+    #[bpaf(command("netpath"))]
+    Netpath {
+        #[bpaf(external(net_args))]
+        net: NetArgs,
+        /// CPU quota for the quota rows, percent of one core (0: skip them).
+        #[bpaf(long("quota-percent"), argument("PERCENT"), fallback(50), display_fallback)]
+        quota_percent: u32,
+        /// Rounds of every row, servers taking turns.
+        #[bpaf(long("rounds"), argument("N"), fallback(3), display_fallback)]
+        rounds: usize,
+        /// Print one JSON object naming every figure.
+        #[bpaf(long)]
+        json: bool,
+    },
+    /// Serve RESP PINGs on one core until killed (`netpath` starts it).
+    #[bpaf(command("echo-server"))]
+    EchoServer {
+        /// `glommio` or `uring`.
+        #[bpaf(long, argument("RUNTIME"))]
+        runtime: String,
+        #[bpaf(long, argument("ADDR"))]
+        addr: std::net::SocketAddr,
+        #[bpaf(long, argument("CPU"), fallback(0), display_fallback)]
+        cpu: usize,
     },
     /// One load against a running server: throughput and latency.
     #[bpaf(command("load"))]
@@ -305,6 +333,26 @@ fn main() {
             cold_get::run(&args).map(|report| render(&report, json, cold_get::summary))
         }
         Command::Load { load } => loadgen::run_once(&load.into_spec()),
+        Command::Netpath { net, quota_percent, rounds, json } => {
+            let args = netpath::Args {
+                dir: net.dir,
+                server_cpu: net.server_cpu,
+                generator_cpu: net.generator_cpu,
+                connections: net.connections,
+                seconds: net.seconds,
+                quota_percent: (quota_percent > 0).then_some(quota_percent),
+                rounds: rounds.max(1),
+            };
+            netpath::run(&args).map(|report| render(&report, json, netpath::summary))
+        }
+        Command::EchoServer { runtime, addr, cpu } => {
+            let runtime = match runtime.as_str() {
+                "glommio" => Ok(strata_ioengine::echo::Runtime::Glommio),
+                "uring" => Ok(strata_ioengine::echo::Runtime::Uring),
+                other => Err(format!("--runtime {other}: expected glommio or uring")),
+            };
+            runtime.and_then(|runtime| strata_ioengine::echo::serve(runtime, addr, cpu)).map(|()| String::new())
+        }
         Command::Compare { net, depth, quota_percent, rounds, json } => {
             let args = compare::Args {
                 dir: net.dir,

@@ -15,6 +15,10 @@ pub enum ServerKind {
     RedisNoPersistence,
     /// redis-server with `appendfsync always`: durable like Strata.
     RedisFsyncAlways,
+    /// `strata-bench echo-server`: RESP PINGs answered on glommio's sockets.
+    EchoGlommio,
+    /// `strata-bench echo-server`: RESP PINGs answered on the node's io_uring network layer.
+    EchoUring,
 }
 
 impl ServerKind {
@@ -24,6 +28,8 @@ impl ServerKind {
             Self::Strata => "strata",
             Self::RedisNoPersistence => "redis (no persistence)",
             Self::RedisFsyncAlways => "redis (appendfsync always)",
+            Self::EchoGlommio => "echo on glommio sockets",
+            Self::EchoUring => "echo on the io_uring loop",
         }
     }
 }
@@ -86,6 +92,12 @@ impl Server {
                         "0",
                     ])
                     .env("RUST_LOG", "warn");
+            }
+            ServerKind::EchoGlommio | ServerKind::EchoUring => {
+                let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                let runtime = if kind == ServerKind::EchoGlommio { "glommio" } else { "uring" };
+                command.arg(me).args(["echo-server", "--runtime", runtime, "--addr", &addr.to_string()]);
+                command.args(["--cpu", &cpu.to_string()]);
             }
             ServerKind::RedisNoPersistence | ServerKind::RedisFsyncAlways => {
                 let redis = which("redis-server").ok_or("redis-server not found: apt-get install redis-server")?;

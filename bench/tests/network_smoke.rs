@@ -130,3 +130,27 @@ fn overload_reports_goodput_at_every_multiple() {
     }
     assert!(report["rss_end_bytes"].as_u64().is_some_and(|v| v > 0));
 }
+
+#[test]
+fn netpath_measures_each_network_path_beside_redis() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let quota = if cgroup_writable() { "50" } else { "0" };
+    let report = bench(
+        &["netpath", "--seconds", "0.5", "--connections", "4", "--quota-percent", quota, "--rounds", "1"],
+        dir.path(),
+    );
+    let rows = report["rows"].as_array().expect("rows");
+    let servers: Vec<&str> =
+        rows.iter().filter(|r| r["quota_percent"].is_null()).filter_map(|r| r["server"].as_str()).collect();
+    assert_eq!(servers.len(), 4, "redis, two echo servers and the node: {servers:?}");
+    for row in rows {
+        assert!(row["ops_per_s"].as_f64().is_some_and(|v| v > 0.0), "no throughput in {row}");
+        assert!(row["server_cpu_us_per_op"].as_f64().is_some_and(|v| v > 0.0), "no server CPU in {row}");
+        assert_eq!(row["failed"].as_u64(), Some(0), "failures in {row}");
+    }
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), if quota == "0" { 3 } else { 6 }, "each path against redis, free and held");
+    for ratio in ratios {
+        assert!(ratio["cpu_vs_redis"][0].as_f64().is_some_and(|v| v > 0.0), "{ratio}");
+    }
+}

@@ -12,10 +12,12 @@
 //! - [`Traced`]: a wrapper recording submission and completion of every write and fsync.
 //!
 //! It also pins executors to cores ([`executor`]), reads the clock ([`Clock`]) and checks the
-//! environment at start-up ([`envcheck`]). It knows nothing of WALs or tables.
+//! environment at start-up ([`envcheck`]). [`echo`] holds two PING responders, one per runtime, for
+//! measuring a network path. It knows nothing of WALs or tables.
 
 pub mod clock;
 pub mod disk;
+pub mod echo;
 pub mod envcheck;
 pub mod executor;
 pub mod real;
