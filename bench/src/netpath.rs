@@ -1,9 +1,9 @@
-//! `strata-bench netpath`: what the network path costs per request, the measurement that chose
+//! `strata-bench netpath`: what the network path costs per request, re-measuring the choice of
 //! the node's. Four servers answer PING on one pinned core, driven by the same closed-loop
 //! generator on another: redis-server (RESP PING, the peer), a plain PING responder on glommio's
 //! sockets and one on the node's own io_uring loop (`strata_ioengine::echo`, RESP), and the
-//! node itself (native PING, answered before admission: the node's whole path for a request
-//! that does no storage work). Each is measured free and again held to a CPU quota, so the
+//! node itself (native PING, answered before admission: the node's framing and dispatch, without
+//! admission, tickets, routing or storage). Each is measured free and again held to a CPU quota, so the
 //! server and not the generator is the bottleneck; the servers take turns within each round,
 //! and every ratio is taken within a round against redis-server.
 

@@ -175,11 +175,11 @@ struct ShardPlan {
     shard_port: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     /// Each shard reports here once open (its handle, or why it could not open)...
-    remotes: std::sync::mpsc::Sender<(usize, Result<Remote, String>)>,
+    remotes: Option<std::sync::mpsc::Sender<(usize, Result<Remote, String>)>>,
     peers: Arc<OnceLock<Arc<Vec<Remote>>>>,
     /// ...and here once it listens (or why it cannot). A shard's failures are reported only
     /// through these, and logged by the main thread.
-    listening: std::sync::mpsc::Sender<(usize, Result<(), String>)>,
+    listening: Option<std::sync::mpsc::Sender<(usize, Result<(), String>)>>,
 }
 
 fn serve(cfg: &Config) -> i32 {
@@ -201,6 +201,11 @@ fn serve(cfg: &Config) -> i32 {
             return 1;
         }
     };
+    // At once, rather than after every shard has replayed its WAL; checked again just before
+    // the shards listen.
+    if !listen_port_free(listen) {
+        return 1;
+    }
     if let Err(e) = check_shard_count(&cfg.data_dir, shard_count) {
         tracing::error!("{e}");
         return 1;
@@ -295,9 +300,9 @@ fn serve(cfg: &Config) -> i32 {
             listen,
             shard_port,
             stop: stop.clone(),
-            remotes: remote_tx.clone(),
+            remotes: Some(remote_tx.clone()),
             peers: peers.clone(),
-            listening: listening_tx.clone(),
+            listening: Some(listening_tx.clone()),
         };
         let name = format!("shard-{index}");
         match uring::spawn_pinned(&name, plan.cpu, move || run_shard(plan)) {
@@ -310,9 +315,12 @@ fn serve(cfg: &Config) -> i32 {
     }
     drop(remote_tx);
     drop(listening_tx);
-    // Every shard hands in its remote handle; then each learns all of them.
+    // Every shard hands in its remote handle; then each learns all of them. A shard drops its
+    // senders once it has reported, so a shard that dies before reporting ends the wait.
     let mut remotes: Vec<Option<Remote>> = (0..shard_count).map(|_| None).collect();
-    let mut code = 0;
+    let mut code = if handles.len() == shard_count { 0 } else { 1 };
+    // A stop with no failure recorded came from SIGTERM or SIGINT.
+    let signalled = |code: i32| code == 0 && stop.load(Ordering::SeqCst);
     for _ in 0..handles.len() {
         match remote_rx.recv() {
             Ok((index, Ok(remote))) => remotes[index] = Some(remote),
@@ -325,20 +333,14 @@ fn serve(cfg: &Config) -> i32 {
         }
     }
     if !remotes.iter().all(Option::is_some) {
+        if code == 0 {
+            tracing::error!("a shard stopped before it opened; stopping the node");
+            code = 1;
+        }
         stop.store(true, Ordering::SeqCst);
-        code = 1;
-    } else if let Err(e) = uring::net::check_port_free(listen) {
+    } else if !listen_port_free(listen) {
         // The shards have not bound yet (they wait for `peers`): whatever holds the port is
         // another process.
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            tracing::error!(
-                "cannot listen on {listen}: another process listens there ({e}). The shards share the port \
-                 with SO_REUSEPORT, so a second node of the same user would join it and take a share of the \
-                 clients: stop the other process, or choose another listen"
-            );
-        } else {
-            tracing::error!("cannot listen on {listen}: {e}");
-        }
         stop.store(true, Ordering::SeqCst);
         code = 1;
     } else {
@@ -359,9 +361,14 @@ fn serve(cfg: &Config) -> i32 {
         }
         if listening == shard_count {
             tracing::info!(shards = shard_count, %listen, shard_port_base = cfg.shard_port_base, "serving");
+        } else if signalled(code) {
+            tracing::info!("stopped by a signal while starting");
         } else {
+            if code == 0 {
+                tracing::error!("a shard stopped before it listened; stopping the node");
+                code = 1;
+            }
             stop.store(true, Ordering::SeqCst);
-            code = 1;
         }
     }
     for handle in handles {
@@ -378,6 +385,28 @@ fn serve(cfg: &Config) -> i32 {
         }
     }
     code
+}
+
+/// False (and says why) when another process listens on `listen`. The shards share the port
+/// with SO_REUSEPORT, which the kernel grants to every process of the same user: a second node
+/// there would take a share of the clients. A check, not a lock: two nodes starting at the same
+/// moment could both pass it.
+fn listen_port_free(listen: SocketAddr) -> bool {
+    match uring::net::check_port_free(listen) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::error!(
+                "cannot listen on {listen}: another process listens there ({e}). The shards share the port \
+                 with SO_REUSEPORT, so a second node of the same user would join it and take a share of the \
+                 clients: stop the other process, or choose another listen"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!("cannot listen on {listen}: {e}");
+            false
+        }
+    }
 }
 
 /// The shard count is part of the data: buckets map to shards by it.
@@ -448,8 +477,21 @@ fn start_status_endpoint(addr: &str, shards: Vec<Arc<ShardMetrics>>) -> std::io:
 
 /// Runs one shard until the node stops. Failures go to the main thread through the plan's
 /// channels.
-async fn run_shard(plan: ShardPlan) {
+async fn run_shard(mut plan: ShardPlan) {
     let index = plan.index;
+    // Each report is sent once and its sender dropped with it, so that the main thread, once
+    // every live shard has reported, is not left waiting on one that died.
+    let (remotes, listening) = (plan.remotes.take(), plan.listening.take());
+    let report_open = move |result| {
+        if let Some(remotes) = remotes {
+            let _ = remotes.send((index, result));
+        }
+    };
+    let report_listening = move |result| {
+        if let Some(listening) = listening {
+            let _ = listening.send((index, result));
+        }
+    };
     let dir = plan.config.data_dir.join(format!("shard-{index}"));
     let mut options: ShardOptions = plan.config.shard_options(&dir);
     options.cold = Some(plan.config.cold_options(index as u16, &plan.disks));
@@ -457,7 +499,7 @@ async fn run_shard(plan: ShardPlan) {
     let (shard, report) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            let _ = plan.remotes.send((index, Err(e.to_string())));
+            report_open(Err(e.to_string()));
             return;
         }
     };
@@ -485,12 +527,12 @@ async fn run_shard(plan: ShardPlan) {
         Ok(net) => net,
         Err(e) => {
             shard.close().await;
-            let _ = plan.remotes.send((index, Err(e.to_string())));
+            report_open(Err(e.to_string()));
             return;
         }
     };
     let server = Server::install(plan.server.clone(), shard.clone(), net.clone(), plan.metrics.clone());
-    let _ = plan.remotes.send((index, Ok(uring::remote())));
+    report_open(Ok(uring::remote()));
     // Forwarding needs every shard's handle: wait for the others before accepting.
     let peers = loop {
         if let Some(peers) = plan.peers.get() {
@@ -513,12 +555,12 @@ async fn run_shard(plan: ShardPlan) {
     if let Err(e) = listened {
         // A node missing a shard cannot serve that shard's buckets: stop the whole node now.
         plan.stop.store(true, Ordering::SeqCst);
-        let _ = plan.listening.send((index, Err(e)));
+        report_listening(Err(e));
         server.drain(Duration::ZERO).await;
         shard.close().await;
         return;
     }
-    let _ = plan.listening.send((index, Ok(())));
+    report_listening(Ok(()));
     uring::spawn_detached(Priority::Background, server.clone().upkeep());
     let mut ticks = 0u64;
     while !plan.stop.load(Ordering::SeqCst) {

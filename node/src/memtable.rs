@@ -38,14 +38,14 @@ struct Slot {
     /// `key ++ value` (the value is empty for a tombstone).
     bytes: Box<[u8]>,
     version: Version,
-    /// Encoded keys are at most 1 + 255 + 8 bytes.
+    /// Encoded keys are at most `table::KEY_LEN_MAX` (266) bytes.
     key_len: u16,
     tombstone: bool,
 }
 
 impl Slot {
     fn new(key: &[u8], version: Version, value: Option<&[u8]>) -> Self {
-        let key_len = u16::try_from(key.len()).expect("an encoded key is at most 264 bytes");
+        let key_len = u16::try_from(key.len()).expect("an encoded key is at most 266 bytes");
         let value_bytes = value.unwrap_or_default();
         let mut bytes = Vec::with_capacity(key.len() + value_bytes.len());
         bytes.extend_from_slice(key);
@@ -359,8 +359,10 @@ mod tests {
         assert_eq!(m.bytes(), 2 * 3 + ENTRY_OVERHEAD_BYTES);
         m.apply(b"key", 3, Some(&[1; 100]));
         assert_eq!(m.get(b"key"), Some(MemEntry { version: 3, value: Some(&[1; 100][..]) }));
+        let before = m.get(b"key").unwrap().value.unwrap().as_ptr();
         m.apply(b"key", 4, Some(&[2; 100]));
-        assert_eq!(m.get(b"key"), Some(MemEntry { version: 4, value: Some(&[2; 100][..]) }), "overwritten in place");
+        assert_eq!(m.get(b"key"), Some(MemEntry { version: 4, value: Some(&[2; 100][..]) }));
+        assert_eq!(m.get(b"key").unwrap().value.unwrap().as_ptr(), before, "a same-length value is written in place");
         assert_eq!(m.bytes(), 2 * 3 + 100 + ENTRY_OVERHEAD_BYTES);
     }
 }

@@ -305,6 +305,20 @@ fn scrub_repair_and_rebuild_restore_damaged_cold_disks() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(report["entries"].as_u64().is_some_and(|n| n > 0), "{out}");
     assert_eq!(report["block_links"], report["entries"], "every entry of a link table is a block link: {out}");
+    // A file's kind comes from its first bytes, whatever its name; when they are damaged, from
+    // its name, so the damage is reported as damage; a file neither names is refused.
+    let copies = tempfile::tempdir().unwrap();
+    let renamed = copies.path().join("MANIFEST.bak");
+    std::fs::copy(&manifest, &renamed).unwrap();
+    assert_eq!(strata_tool(&["inspect", renamed.to_str().unwrap()]).0, 0, "a manifest by its magic");
+    let mut smashed = std::fs::read(&table).unwrap();
+    smashed[..4].copy_from_slice(b"XXXX");
+    let damaged = copies.path().join("tbl-damaged.sst");
+    std::fs::write(&damaged, &smashed).unwrap();
+    assert_eq!(strata_tool(&["inspect", damaged.to_str().unwrap()]).0, 1, "a table damaged at its start");
+    let unknown = copies.path().join("table.bin");
+    std::fs::write(&unknown, &smashed).unwrap();
+    assert_eq!(strata_tool(&["inspect", unknown.to_str().unwrap()]).0, 2, "neither magic nor name");
 
     // Scrub finds exactly that damage.
     let mut args = vec!["scrub", "--json", "--data-dir", dir_a.to_str().unwrap()];

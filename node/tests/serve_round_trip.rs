@@ -105,6 +105,27 @@ fn every_operation_round_trips_through_both_ports_and_survives_a_clean_restart()
     assert_eq!(node.terminate(), Some(0), "log:\n{}", node.log_text());
     let log = node.log_text();
     assert!(log.contains("shard closed cleanly"), "log:\n{log}");
+    // Restarted at once on the same port, with the closed connections in TIME_WAIT: the check
+    // for another listener does not refuse it.
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--data-dir", data.to_str().unwrap(), "--shards", "2", "--status-listen", ""])
+        .args(["--listen", &node.addr.to_string(), "--shard-port-base", &node.shard_port_base.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(mut client) = strata_node::client::Client::connect(node.addr)
+            && client.ping().is_ok()
+        {
+            break;
+        }
+        assert!(again.try_wait().unwrap().is_none(), "the restart on the same port was refused");
+        assert!(started.elapsed() < Duration::from_secs(30), "the restart did not serve");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill").args(["-TERM", &again.id().to_string()]).status().unwrap();
+    assert_eq!(again.wait().unwrap().code(), Some(0));
 
     // The shard count is part of the data.
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))

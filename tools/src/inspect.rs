@@ -86,8 +86,8 @@ fn inspect_segment(path: &Path) -> Result<SegmentReport, String> {
     Ok(report)
 }
 
-/// What a file is, by its first four bytes (its name decides only for a file whose header is
-/// not written yet: a preallocated WAL segment, a cold file being sunk).
+/// What a file is: by its first four bytes, or, when they name no kind (a damaged header, a
+/// header not written yet: a preallocated WAL segment, a cold file being sunk), by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Segment,
@@ -98,25 +98,34 @@ enum Kind {
 
 fn kind_of(path: &Path) -> Result<Kind, String> {
     use std::io::Read as _;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| format!("cannot read the first bytes of {}: {e}", path.display()))?;
-    let by_name = |ext: &str| path.extension().is_some_and(|x| x == ext);
-    match u32::from_le_bytes(magic) {
-        strata_format::wal::SEGMENT_MAGIC => Ok(Kind::Segment),
-        strata_format::table::BLOCK_MAGIC => Ok(Kind::Table),
-        strata_format::manifest::MANIFEST_MAGIC => Ok(Kind::Manifest),
-        strata_format::cold::COLD_FILE_MAGIC => Ok(Kind::Cold),
-        0 if by_name("seg") => Ok(Kind::Segment),
-        0 if by_name("cold") => Ok(Kind::Cold),
-        _ => Err(format!(
-            "{} is not a Strata file: it starts with {magic:02x?}, and a WAL segment starts with \"STWS\", a \
-             table with \"STBK\", a manifest with \"STMF\", a cold file with \"STCF\" (or zeros, for a free \
-             segment or a cold file being written)",
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut head = Vec::with_capacity(4);
+    file.by_ref().take(4).read_to_end(&mut head).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let by_magic = match head.first_chunk::<4>().map(|m| u32::from_le_bytes(*m)) {
+        Some(strata_format::wal::SEGMENT_MAGIC) => Some(Kind::Segment),
+        Some(strata_format::table::BLOCK_MAGIC) => Some(Kind::Table),
+        Some(strata_format::manifest::MANIFEST_MAGIC) => Some(Kind::Manifest),
+        Some(strata_format::cold::COLD_FILE_MAGIC) => Some(Kind::Cold),
+        _ => None,
+    };
+    // Named like one of the node's files: inspected as that, so damage at its start is
+    // reported as damage.
+    let extension = path.extension().and_then(|x| x.to_str());
+    let by_name = match (extension, path.file_name().and_then(|n| n.to_str())) {
+        (Some("seg"), _) => Some(Kind::Segment),
+        (Some("sst"), _) => Some(Kind::Table),
+        (Some("cold"), _) => Some(Kind::Cold),
+        (_, Some("MANIFEST")) => Some(Kind::Manifest),
+        _ => None,
+    };
+    by_magic.or(by_name).ok_or_else(|| {
+        format!(
+            "{} is not a Strata file: it starts with {head:02x?}, and a WAL segment starts with \"STWS\", a \
+             table with \"STBK\", a manifest with \"STMF\", a cold file with \"STCF\" (a file named like \
+             one, *.seg, *.sst, MANIFEST or *.cold, is inspected as that whatever it starts with)",
             path.display()
-        )),
-    }
+        )
+    })
 }
 
 /// Inspects a file (by its kind) or a shard's `wal/` directory: 0 when sound, 1 when damage

@@ -211,8 +211,13 @@ enum RouteCommand {
         /// (--data-dir and --hdd override the last two); default: the embedded defaults.
         #[bpaf(long, argument("FILE"))]
         config: Option<PathBuf>,
-        #[bpaf(external(node_args))]
-        node: NodeArgs,
+        /// The node's data directory (default: the configuration's, or ./strata-data).
+        #[bpaf(long("data-dir"), argument("DIR"))]
+        data_dir: Option<PathBuf>,
+        /// The node's cold disks, in order (repeat); default: the configuration's, or the four
+        /// folders in the data directory.
+        #[bpaf(long("hdd"), argument("PATH"))]
+        hdd: Vec<PathBuf>,
         /// The pkey (as text).
         #[bpaf(positional("PKEY"))]
         pkey: String,
@@ -243,8 +248,8 @@ fn main() {
         Command::Repair { json, disk, peer, node } => report(repair(&node, &peer, disk, json)),
         Command::RebuildDisk { json, disk, peer, node } => report(rebuild_disk(&node, &peer, disk, json)),
         Command::Route(RouteCommand::Generate { out }) => route_generate(&out),
-        Command::Route(RouteCommand::Key { json, groups, config, node, pkey, ts }) => {
-            report(route_key(&node, config.as_deref(), groups, pkey.as_bytes(), ts, json))
+        Command::Route(RouteCommand::Key { json, groups, config, data_dir, hdd, pkey, ts }) => {
+            report(route_key(data_dir, hdd, config.as_deref(), groups, pkey.as_bytes(), ts, json))
         }
         Command::Ticket(TicketCommand::Issue { secret_file, pkey, prefix, admin, ttl_seconds }) => {
             ticket_issue(&secret_file, pkey, prefix, admin, ttl_seconds)
@@ -509,7 +514,8 @@ fn rebuild_disk(node: &NodeArgs, peer: &PeerArgs, disk: u16, json: bool) -> Resu
 }
 
 fn route_key(
-    node: &NodeArgs,
+    data_dir: Option<PathBuf>,
+    hdd: Vec<PathBuf>,
     config: Option<&Path>,
     groups: u16,
     pkey: &[u8],
@@ -521,14 +527,15 @@ fn route_key(
         Some(path) => strata_node::config::Config::load(path).map_err(|e| e.to_string())?,
         None => strata_node::config::Config::default(),
     };
-    // The configuration locates the node too; the flags, when given, override it.
+    // The configuration locates the node too; the flags, when given, override it (a data
+    // directory given alone comes with the disk folders in it, not the configuration's disks).
     let node = &NodeArgs {
-        data_dir: if config.is_some() && node.data_dir == Path::new(DATA_DIR_DEFAULT) {
-            cfg.data_dir.clone()
-        } else {
-            node.data_dir.clone()
+        hdd: match (&data_dir, hdd.is_empty()) {
+            (_, false) => hdd,
+            (Some(_), true) => Vec::new(),
+            (None, true) => cfg.cold.hdd.clone(),
         },
-        hdd: if node.hdd.is_empty() { cfg.cold.hdd.clone() } else { node.hdd.clone() },
+        data_dir: data_dir.unwrap_or_else(|| cfg.data_dir.clone()),
     };
     strata_format::key::validate_pkey(pkey).map_err(|e| e.to_string())?;
     if groups == 0 || groups > GROUP_COUNT_MAX {

@@ -119,9 +119,12 @@ const SCALARS: [ScalarFamily; 22] = [
     ("strata_merged_reads_total", "counter", "GETs answered by an identical GET's read already in flight.", |m| {
         m.merged_reads.load(Relaxed)
     }),
-    ("strata_bad_frames_total", "counter", "Frames refused for their header or their body checksum.", |m| {
-        m.bad_frames.load(Relaxed)
-    }),
+    (
+        "strata_bad_frames_total",
+        "counter",
+        "Frames refused for their header or body checksum, and response frames sent to the node.",
+        |m| m.bad_frames.load(Relaxed),
+    ),
     ("strata_connections_accepted_total", "counter", "Connections accepted.", |m| m.connections_accepted.load(Relaxed)),
     ("strata_connections_closed_total", "counter", "Connections closed.", |m| m.connections_closed.load(Relaxed)),
     ("strata_open_connections", "gauge", "Connections open now.", |m| m.open_connections.load(Relaxed)),
@@ -182,7 +185,7 @@ const COLD_DISK: [DiskFamily; 7] = [
     (
         "strata_cold_disk_down",
         "gauge",
-        "1 when the shard took the disk out of service after an I/O error.",
+        "1 while the disk is out of service (after an I/O error, or without its label at start).",
         |_, down| u64::from(down),
     ),
 ];
@@ -291,6 +294,8 @@ mod tests {
         }
         let mut out = String::new();
         render(&mut out, &shards);
+        let helped: std::collections::HashSet<&str> =
+            out.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
         let mut typed = std::collections::HashMap::new();
         let mut finished = std::collections::HashSet::new();
         let mut current: Option<String> = None;
@@ -322,5 +327,7 @@ mod tests {
             samples += 1;
         }
         assert!(typed.len() > 30 && samples > 3 * typed.len(), "{} families, {samples} samples", typed.len());
+        let typed_names: std::collections::HashSet<&str> = typed.keys().map(String::as_str).collect();
+        assert_eq!(helped, typed_names, "every family has a HELP line and a TYPE line");
     }
 }
