@@ -464,7 +464,7 @@ pub fn decode_cold_block(bytes: &[u8], file: ColdFileId, offset: u64) -> Result<
     let block = ColdBlock {
         bucket: header.bucket.get(),
         crc: header.crc.get(),
-        block: DecodedBlock { raw, entry_count: header.entry_count.get(), layout: EntryLayout::Fixed },
+        block: DecodedBlock::new(raw, header.entry_count.get(), EntryLayout::Fixed),
     };
     let mut previous: Option<&[u8]> = None;
     for entry in block.entries() {

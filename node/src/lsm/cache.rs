@@ -71,7 +71,7 @@ mod tests {
     use super::*;
 
     fn block(n: usize) -> Rc<DecodedBlock> {
-        Rc::new(DecodedBlock { raw: vec![0; n], entry_count: 0, layout: strata_format::table::EntryLayout::Fixed })
+        Rc::new(DecodedBlock::new(vec![0; n], 0, strata_format::table::EntryLayout::Fixed))
     }
 
     #[test]

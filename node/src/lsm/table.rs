@@ -358,9 +358,18 @@ impl<F: DiskFile> Table<F> {
 
     /// Reads (or finds cached) data block `i`.
     async fn block(&self, i: usize, cache: &RefCell<BlockCache>) -> Result<Rc<DecodedBlock>, TableError> {
+        Ok(self.block_and_whence(i, cache).await?.0)
+    }
+
+    /// Reads (or finds cached) data block `i`; true when it was in the cache.
+    async fn block_and_whence(
+        &self,
+        i: usize,
+        cache: &RefCell<BlockCache>,
+    ) -> Result<(Rc<DecodedBlock>, bool), TableError> {
         let entry = &self.index[i];
         if let Some(block) = cache.borrow_mut().get(self.meta.table_id, entry.offset) {
-            return Ok(block);
+            return Ok((block, true));
         }
         let table_id = self.meta.table_id;
         let decoded = read_checked(&self.file, entry.offset, entry.len as usize, |bytes| {
@@ -370,7 +379,7 @@ impl<F: DiskFile> Table<F> {
         .map_err(|e| self.corrupted(entry.offset, e.to_string()))?;
         let block = Rc::new(decoded);
         cache.borrow_mut().insert(self.meta.table_id, entry.offset, block.clone());
-        Ok(block)
+        Ok((block, false))
     }
 
     /// Reads data block `i` without the cache (background work must not evict hot blocks).
@@ -401,8 +410,8 @@ impl<F: DiskFile> Table<F> {
         if i == self.index.len() {
             return Ok(None);
         }
-        let block = self.block(i, cache).await?;
-        let found = self.first_at_or_after(i, &block, key, |entry| {
+        let (block, cached) = self.block_and_whence(i, cache).await?;
+        let found = self.first_at_or_after(i, &block, cached, key, |entry| {
             (entry.key == key).then(|| (entry.version, entry.value.map(<[u8]>::to_vec)))
         })?;
         Ok(found.flatten())
@@ -420,8 +429,8 @@ impl<F: DiskFile> Table<F> {
         if i == self.index.len() {
             return Ok(None);
         }
-        let block = self.block(i, cache).await?;
-        let found = self.first_at_or_after(i, &block, key, |entry| {
+        let (block, cached) = self.block_and_whence(i, cache).await?;
+        let found = self.first_at_or_after(i, &block, cached, key, |entry| {
             (entry.key.to_vec(), entry.version, entry.value.map(<[u8]>::to_vec))
         })?;
         match found {
@@ -430,15 +439,20 @@ impl<F: DiskFile> Table<F> {
         }
     }
 
-    /// `take` of the first entry of data block `i` (`block`) with a key at or above `key`.
+    /// `take` of the first entry of data block `i` (`block`) with a key at or above `key`. A
+    /// block found in the cache is searched from its restart points (built on its first hit); a
+    /// block just read is walked from its start, so blocks read once never pay to build them.
     fn first_at_or_after<T>(
         &self,
         i: usize,
         block: &DecodedBlock,
+        cached: bool,
         key: &[u8],
         take: impl FnOnce(strata_format::table::EntryRef<'_>) -> T,
     ) -> Result<Option<T>, TableError> {
-        match BlockEntries::new(block).seek(key) {
+        let restarts = if cached { block.restarts() } else { None };
+        let mut walker = restarts.map_or_else(|| BlockEntries::new(block), |r| r.walker_for(block, key));
+        match walker.seek(key) {
             None => Ok(None),
             Some(Ok(entry)) => Ok(Some(take(entry))),
             Some(Err(e)) => Err(self.corrupted(self.index[i].offset, e.to_string())),
