@@ -1018,6 +1018,20 @@ macro_rules! serialize_as_display {
 
 serialize_as_display!(ByteSize, ByteRate, Span);
 
+/// Parses a binary's command line (the node's, `strata-tool`'s, `strata-bench`'s). Help and
+/// `--version` print and exit 0; a command line that does not parse is a usage error: exit 2,
+/// as for a bad configuration (1 means the command ran and failed, or for `strata-tool` found
+/// damage).
+pub fn parse_command_line<T>(parser: bpaf::OptionParser<T>) -> T {
+    match parser.run_inner(bpaf::Args::current_args()) {
+        Ok(parsed) => parsed,
+        Err(failure) => {
+            failure.print_message(100);
+            std::process::exit(if failure.exit_code() == 0 { 0 } else { 2 })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,25 +66,12 @@ enum Command {
     },
 }
 
-/// Parses the command line. Help and `--version` print and exit 0; a command line that does
-/// not parse is a usage error: exit 2, as for a bad configuration (1 means the command ran and
-/// failed, or for `strata-tool` found damage).
-fn parse_command_line<T>(parser: bpaf::OptionParser<T>) -> T {
-    match parser.run_inner(bpaf::Args::current_args()) {
-        Ok(parsed) => parsed,
-        Err(failure) => {
-            failure.print_message(100);
-            std::process::exit(if failure.exit_code() == 0 { 0 } else { 2 })
-        }
-    }
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let code = match parse_command_line(command()) {
+    let code = match strata_node::config::parse_command_line(command()) {
         Command::Serve {
             config,
             check_config,

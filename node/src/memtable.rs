@@ -32,6 +32,14 @@ pub struct MemEntry<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// `key ++ value` in one allocation.
+fn joined(key: &[u8], value: &[u8]) -> Box<[u8]> {
+    let mut bytes = Vec::with_capacity(key.len() + value.len());
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(value);
+    bytes.into_boxed_slice()
+}
+
 /// A slab slot: the key's bytes followed by the value's, in one allocation.
 #[derive(Debug)]
 struct Slot {
@@ -46,11 +54,7 @@ struct Slot {
 impl Slot {
     fn new(key: &[u8], version: Version, value: Option<&[u8]>) -> Self {
         let key_len = u16::try_from(key.len()).expect("an encoded key is at most 266 bytes");
-        let value_bytes = value.unwrap_or_default();
-        let mut bytes = Vec::with_capacity(key.len() + value_bytes.len());
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(value_bytes);
-        Self { bytes: bytes.into_boxed_slice(), version, key_len, tombstone: value.is_none() }
+        Self { bytes: joined(key, value.unwrap_or_default()), version, key_len, tombstone: value.is_none() }
     }
 
     fn key(&self) -> &[u8] {
@@ -69,10 +73,7 @@ impl Slot {
         if self.bytes.len() - key_len == value_bytes.len() {
             self.bytes[key_len..].copy_from_slice(value_bytes);
         } else {
-            let mut bytes = Vec::with_capacity(key_len + value_bytes.len());
-            bytes.extend_from_slice(&self.bytes[..key_len]);
-            bytes.extend_from_slice(value_bytes);
-            self.bytes = bytes.into_boxed_slice();
+            self.bytes = joined(&self.bytes[..key_len], value_bytes);
         }
         self.version = version;
         self.tombstone = value.is_none();

@@ -227,21 +227,8 @@ enum RouteCommand {
     },
 }
 
-/// Parses the command line. Help and `--version` print and exit 0; a command line that does
-/// not parse is a usage error: exit 2, as for a bad configuration (1 means the command ran and
-/// failed, or for `strata-tool` found damage).
-fn parse_command_line<T>(parser: bpaf::OptionParser<T>) -> T {
-    match parser.run_inner(bpaf::Args::current_args()) {
-        Ok(parsed) => parsed,
-        Err(failure) => {
-            failure.print_message(100);
-            std::process::exit(if failure.exit_code() == 0 { 0 } else { 2 })
-        }
-    }
-}
-
 fn main() {
-    let code = match parse_command_line(command()) {
+    let code = match strata_node::config::parse_command_line(command()) {
         Command::Inspect { json, path } => inspect::run(&path, json),
         Command::CheckEnv { json, node } => check_env(&node, json),
         Command::Scrub { json, disk, quarantine, node } => report(scrub(&node, disk, quarantine, json)),

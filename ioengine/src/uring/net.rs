@@ -341,8 +341,9 @@ fn errno_text(result: i32) -> String {
     std::io::Error::from_raw_os_error(-result).to_string()
 }
 
-/// A TCP listening socket with SO_REUSEADDR and, if asked, SO_REUSEPORT.
-fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd> {
+/// A TCP socket bound to `addr`, with SO_REUSEADDR (connections in TIME_WAIT do not hold the
+/// port, a listener does) and, if asked, SO_REUSEPORT.
+fn bound_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: socket has no memory preconditions; the result is checked.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -355,6 +356,17 @@ fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd>
     if reuse_port {
         set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call's duration.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// A TCP listening socket with SO_REUSEADDR and, if asked, SO_REUSEPORT.
+fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd> {
+    let fd = bound_socket(addr, reuse_port)?;
     // Receive timestamps from the listener on, for as long as it lives: the kernel stamps
     // packets on arrival only while some socket wants stamps (a global switch, turned on by
     // deferred work when the first socket asks), and stamps bytes that arrived while it was
@@ -362,11 +374,6 @@ fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd>
     // connection open would date a new connection's first requests to the moment it read them.
     // Best effort, as on accepted connections: without stamps, requests are dated on reading.
     let _ = set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
-    let (storage, len) = sockaddr_of(addr);
-    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call's duration.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     // SAFETY: plain system call on a descriptor we own.
     if unsafe { libc::listen(fd.as_raw_fd(), 4096) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -380,23 +387,7 @@ fn listen_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd>
 /// socket of the same user: without this check a second node started on the port would join
 /// the group and take a share of the clients, silently.
 pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: socket has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SO_REUSEADDR, as the listeners have: connections in TIME_WAIT do not hold the port, a
-    // listener does.
-    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    let (storage, len) = sockaddr_of(addr);
-    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the call's duration.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    bound_socket(addr, false).map(drop)
 }
 
 fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> std::io::Result<()> {
