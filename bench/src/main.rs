@@ -12,6 +12,7 @@ mod netpath;
 mod overload;
 mod procstat;
 mod servers;
+mod thief;
 
 use bpaf::Bpaf;
 use std::path::PathBuf;
@@ -157,6 +158,15 @@ enum Command {
         #[bpaf(long, argument("CPU"), fallback(0), display_fallback)]
         cpu: usize,
     },
+    /// Take PERCENT of this process's core in slices, until killed (`overload --shrink thief`
+    /// starts it pinned and at real-time priority).
+    #[bpaf(command("cpu-thief"))]
+    CpuThief {
+        #[bpaf(long, argument("PERCENT"))]
+        percent: u32,
+        #[bpaf(long("period-us"), argument("US"))]
+        period_us: u32,
+    },
     /// One load against a running server: throughput and latency.
     #[bpaf(command("load"))]
     Load {
@@ -185,6 +195,19 @@ enum Command {
         /// rounds'.
         #[bpaf(long("rounds"), argument("N"), fallback(3), display_fallback)]
         rounds: usize,
+        /// How the CPU-bound server is held to its share of the core: `quota` (a cgroup v1 CFS
+        /// quota, 5 ms period, so freezes of up to 4 ms) or `thief` (a real-time process on its
+        /// core taking the rest in slices of `--thief-period-us`).
+        #[bpaf(long("shrink"), argument("HOW"), fallback("quota".to_string()), display_fallback)]
+        shrink: String,
+        /// The period of the CPU thief's slices, µs.
+        #[bpaf(long("thief-period-us"), argument("US"), fallback(500), display_fallback)]
+        thief_period_us: u32,
+        /// The CPU-bound node's `queue-delay-max`, in milliseconds. By default 6 under a quota
+        /// (its priority's share, 5.1 ms, above the 5 ms period, as docs/operations.md advises;
+        /// the node's default of 3 is under the 4 ms freezes) and 3 with the thief.
+        #[bpaf(long("cpu-queue-delay-max"), argument("MS"))]
+        cpu_queue_delay_max: Option<u32>,
         /// Print one JSON object naming every figure.
         #[bpaf(long)]
         json: bool,
@@ -332,6 +355,9 @@ fn main() {
             };
             netpath::run(&args).map(|report| render(&report, json, netpath::summary))
         }
+        Command::CpuThief { percent, period_us } => {
+            thief::run(percent, std::time::Duration::from_micros(period_us.max(1).into()))
+        }
         Command::EchoServer { runtime, addr, cpu } => {
             let runtime = match runtime.as_str() {
                 "glommio" => Ok(strata_ioengine::echo::Runtime::Glommio),
@@ -355,14 +381,33 @@ fn main() {
             };
             compare::run(&args).map(|report| render(&report, json, compare::summary))
         }
-        Command::Overload { net, quota_percent, rss_seconds, disk_keys, workload, rounds, json } => {
+        Command::Overload {
+            net,
+            quota_percent,
+            rss_seconds,
+            disk_keys,
+            workload,
+            rounds,
+            shrink,
+            thief_period_us,
+            cpu_queue_delay_max,
+            json,
+        } => {
             let workloads = match workload.as_str() {
                 "both" => Ok((true, true)),
                 "disk" => Ok((true, false)),
                 "cpu" => Ok((false, true)),
                 other => Err(format!("--workload {other}: expected both, disk or cpu")),
             };
-            workloads.and_then(|(disk, cpu)| {
+            let shrink = match shrink.as_str() {
+                "quota" => Ok(overload::Shrink::Quota),
+                "thief" if (1..=1_000_000).contains(&thief_period_us) => {
+                    Ok(overload::Shrink::Thief { period_us: thief_period_us })
+                }
+                "thief" => Err(format!("--thief-period-us {thief_period_us}: expected 1 to 1000000")),
+                other => Err(format!("--shrink {other}: expected quota or thief")),
+            };
+            workloads.and_then(|w| shrink.map(|s| (w, s))).and_then(|((disk, cpu), shrink)| {
                 let args = overload::Args {
                     disk,
                     cpu,
@@ -375,6 +420,11 @@ fn main() {
                     value_bytes: net.value_bytes,
                     seconds: net.seconds,
                     quota_percent,
+                    shrink,
+                    cpu_queue_delay_max_ms: cpu_queue_delay_max.unwrap_or(match shrink {
+                        overload::Shrink::Quota => 6,
+                        overload::Shrink::Thief { .. } => 3,
+                    }),
                     rss_seconds,
                     rounds: rounds.max(1),
                 };

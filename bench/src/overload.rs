@@ -1,8 +1,9 @@
 //! `strata-bench overload`: open-loop load at 1x, 2x, 5x and 10x of Strata's measured capacity.
 //!
 //! Two workloads: disk-bound (gets of a dataset larger than the memory budget, so most reads go
-//! to the SSD) and CPU-bound (gets of memory-resident data). The server is held to a CPU quota
-//! so one generator core can offer 10x. Capacity is the closed-loop rate; the unloaded p99 is
+//! to the SSD) and CPU-bound (gets of memory-resident data). The CPU-bound server is held to a
+//! CPU quota (or, with `--shrink thief`, by a real-time CPU thief on its core: see
+//! [`crate::thief`]) so one generator core can offer 10x. Capacity is the closed-loop rate; the unloaded p99 is
 //! measured open-loop at half of it. For each multiple: goodput (OK within the deadline) against
 //! peak, rejections, p99 of admitted requests and of rejections; CPU-bound once more with the
 //! client's back-off on retry hints. Last, RSS growth of the server over a long 10x run.
@@ -14,6 +15,7 @@
 
 use crate::loadgen::{self, Arrival, Keys, LoadResult, LoadSpec, Op, Proto};
 use crate::servers::{Server, ServerKind};
+use crate::thief::Thief;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,9 +36,37 @@ pub struct Args {
     pub value_bytes: usize,
     pub seconds: f64,
     pub quota_percent: u32,
+    /// How the CPU-bound workload's server is held to `quota_percent` of its core.
+    pub shrink: Shrink,
+    /// The CPU-bound node's `queue-delay-max`, ms.
+    pub cpu_queue_delay_max_ms: u32,
     pub rss_seconds: f64,
     /// Rounds of each workload.
     pub rounds: usize,
+}
+
+/// How the CPU-bound workload's server is made slow enough for one generator core to offer
+/// 10x of what it can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Shrink {
+    /// A cgroup v1 CFS quota with a 5 ms period: the server freezes for up to 4 ms at a time.
+    Quota,
+    /// A real-time [`Thief`] on the server's core taking the rest of each period of this many
+    /// µs: the server freezes for a fraction of a millisecond at a time.
+    Thief { period_us: u32 },
+}
+
+impl Shrink {
+    /// Holds `server` to `percent` of its core until the returned guard (if any) is dropped.
+    fn apply(self, server: &mut Server, cpu: usize, percent: u32) -> Result<Option<Thief>, String> {
+        match self {
+            Self::Quota => server.limit_cpu(percent, QUOTA_PERIOD_US).map(|()| None),
+            Self::Thief { period_us } => {
+                let period = Duration::from_micros(period_us.into());
+                Thief::start(cpu, 100 - percent.min(100), period).map(Some)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,6 +163,8 @@ fn summarize(name: &'static str, rounds: &[&Workload]) -> WorkloadSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub quota_percent: u32,
+    pub shrink: Shrink,
+    pub cpu_queue_delay_max_ms: u32,
     pub deadline_ms: u64,
     pub connections: usize,
     pub rounds: usize,
@@ -168,6 +200,13 @@ ssd-throttle = "512 MiB"
 [limits]
 shard-inflight-requests-max = 2
 "#;
+
+/// The CPU-bound workload's node: everything in memory, and a `queue-delay-max` above the
+/// quota's freezes (operations.md: keep it above the platform's scheduling stalls), so a
+/// request that waited out one freeze is served, not shed as if the node were behind.
+fn cpu_bound_config(queue_delay_max_ms: u32) -> String {
+    format!("{}\n[admission]\nqueue-delay-max = \"{queue_delay_max_ms} ms\"\n", crate::compare::STRATA_IN_MEMORY)
+}
 
 fn load(args: &Args, server: &Server, keys: Keys, arrival: Arrival, seconds: f64, backoff: bool) -> LoadSpec {
     LoadSpec {
@@ -217,7 +256,7 @@ fn workload(
     config: &str,
     keys: u64,
     quota: Option<u32>,
-) -> Result<(Workload, Server), String> {
+) -> Result<(Workload, Server, Option<Thief>), String> {
     // Load with default limits, then serve the measurements with the workload's own.
     let dir = args.dir.join("server");
     let server = Server::start(ServerKind::Strata, args.server_cpu, &dir, config_without_limits(config))?;
@@ -226,9 +265,10 @@ fn workload(
     std::thread::sleep(Duration::from_secs(2));
     server.stop();
     let mut server = Server::start_on(ServerKind::Strata, args.server_cpu, &dir, config)?;
-    if let Some(percent) = quota {
-        server.limit_cpu(percent, QUOTA_PERIOD_US)?;
-    }
+    let thief = match quota {
+        Some(percent) => args.shrink.apply(&mut server, args.server_cpu, percent)?,
+        None => None,
+    };
     let uniform = Keys::Uniform(keys);
     let capacity = loadgen::run(&load(args, &server, uniform, Arrival::Closed { depth: 4 }, args.seconds, false))?;
     let peak = capacity.ok_per_s();
@@ -250,7 +290,8 @@ fn workload(
     for s in &mut steps {
         s.goodput_vs_peak = s.goodput_per_s / best;
     }
-    Ok((Workload { name, round, capacity_per_s: peak, peak_goodput_per_s: best, unloaded_p99_us, steps }, server))
+    let workload = Workload { name, round, capacity_per_s: peak, peak_goodput_per_s: best, unloaded_p99_us, steps };
+    Ok((workload, server, thief))
 }
 
 pub fn run(args: &Args) -> Result<Report, String> {
@@ -260,23 +301,22 @@ pub fn run(args: &Args) -> Result<Report, String> {
     let (mut rss_seconds, mut rss_start_bytes, mut rss_end_bytes) = (0.0, 0, 0);
     for round in 0..args.rounds {
         if args.disk {
-            let (disk, server) = workload(args, round, disk_name, STRATA_DISK_BOUND, args.disk_keys, None)?;
-            drop(server);
+            let (disk, _server, _) = workload(args, round, disk_name, STRATA_DISK_BOUND, args.disk_keys, None)?;
             workloads.push(disk);
         }
         if !args.cpu {
             continue;
         }
-        let (memory, server) = workload(
+        let (memory, server, thief) = workload(
             args,
             round,
             cpu_name,
-            crate::compare::STRATA_IN_MEMORY,
+            &cpu_bound_config(args.cpu_queue_delay_max_ms),
             args.memory_keys,
             Some(args.quota_percent),
         )?;
         if round + 1 < args.rounds {
-            drop(server);
+            drop((server, thief));
             workloads.push(memory);
             continue;
         }
@@ -290,7 +330,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         loadgen::run(&load(args, &server, keys, open, args.rss_seconds, false))?;
         rss_end_bytes = server.rss_bytes();
         rss_seconds = started.elapsed().as_secs_f64();
-        drop(server);
+        drop((server, thief));
         workloads.push(memory);
     }
     let _ = std::fs::remove_dir_all(args.dir.join("server"));
@@ -303,6 +343,8 @@ pub fn run(args: &Args) -> Result<Report, String> {
         .collect();
     Ok(Report {
         quota_percent: args.quota_percent,
+        shrink: args.shrink,
+        cpu_queue_delay_max_ms: args.cpu_queue_delay_max_ms,
         deadline_ms: DEADLINE.as_millis() as u64,
         connections: args.connections,
         rounds: args.rounds,
@@ -317,8 +359,15 @@ pub fn run(args: &Args) -> Result<Report, String> {
 
 pub fn summary(r: &Report) -> String {
     let mut out = format!(
-        "overload: {} connections, {} ms deadline, Poisson arrivals; disk-bound: 2 reads in flight; CPU-bound: server held to {}% of a core\n",
-        r.connections, r.deadline_ms, r.quota_percent
+        "overload: {} connections, {} ms deadline, Poisson arrivals; disk-bound: 2 reads in flight; CPU-bound: server held to {}% of a core by {}, queue-delay-max {} ms\n",
+        r.connections,
+        r.deadline_ms,
+        r.quota_percent,
+        match r.shrink {
+            Shrink::Quota => format!("a CFS quota ({} ms period)", QUOTA_PERIOD_US / 1000),
+            Shrink::Thief { period_us } => format!("a real-time CPU thief ({period_us} us period)"),
+        },
+        r.cpu_queue_delay_max_ms
     );
     for w in &r.workloads {
         out.push_str(&format!(

@@ -49,13 +49,18 @@ pub fn free_port() -> u16 {
 
 /// The `strata` binary next to this bench binary (same target directory).
 pub fn strata_binary() -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let me = strata_bench_binary()?;
     let path = me.with_file_name("strata");
     if path.exists() {
         Ok(path)
     } else {
         Err(format!("{} not found: build it with `cargo build --release -p strata-node`", path.display()))
     }
+}
+
+/// This bench binary, to run its helper commands (`echo-server`, `cpu-thief`).
+pub fn strata_bench_binary() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))
 }
 
 impl Server {
@@ -94,7 +99,7 @@ impl Server {
                     .env("RUST_LOG", "warn");
             }
             ServerKind::EchoGlommio | ServerKind::EchoUring => {
-                let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                let me = strata_bench_binary()?;
                 let runtime = if kind == ServerKind::EchoGlommio { "glommio" } else { "uring" };
                 command.arg(me).args(["echo-server", "--runtime", runtime, "--addr", &addr.to_string()]);
                 command.args(["--cpu", &cpu.to_string()]);

@@ -4,6 +4,15 @@
 //! .ci/run); the CPU quota runs need a writable cgroup v1 cpu controller (root).
 
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
+
+/// The CPU thief takes most of core 0 from every process on it, the other tests' servers too:
+/// it runs alone (a write lock) while the others share the core (read locks).
+static CORE_0: RwLock<()> = RwLock::new(());
+
+fn share_core_0() -> RwLockReadGuard<'static, ()> {
+    CORE_0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn cgroup_writable() -> bool {
     let probe = std::path::Path::new("/sys/fs/cgroup/cpu/strata-bench-probe");
@@ -29,6 +38,7 @@ fn bench(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn compare_measures_strata_and_redis_side_by_side() {
+    let _core = share_core_0();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let quota = if cgroup_writable() { "50" } else { "0" };
     if quota == "0" {
@@ -88,6 +98,7 @@ fn compare_measures_strata_and_redis_side_by_side() {
 
 #[test]
 fn overload_reports_goodput_at_every_multiple() {
+    let _core = share_core_0();
     if !cgroup_writable() {
         eprintln!("NOTICE: skipped: overload needs a writable cgroup v1 cpu controller (run as root)");
         return;
@@ -129,10 +140,56 @@ fn overload_reports_goodput_at_every_multiple() {
         }
     }
     assert!(report["rss_end_bytes"].as_u64().is_some_and(|v| v > 0));
+    // Under the quota the node's queue-delay-max is raised above the quota's 4 ms freezes.
+    assert_eq!(report["shrink"], "Quota");
+    assert_eq!(report["cpu_queue_delay_max_ms"].as_u64(), Some(6));
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn overload_can_shrink_the_server_with_a_cpu_thief() {
+    let _core = CORE_0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        eprintln!("NOTICE: skipped: the CPU thief runs at real-time priority (run as root)");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report = bench(
+        &[
+            "overload",
+            "--workload",
+            "cpu",
+            "--shrink",
+            "thief",
+            "--seconds",
+            "0.5",
+            "--keys",
+            "2000",
+            "--connections",
+            "4",
+            "--rss-seconds",
+            "1",
+            "--rounds",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(report["shrink"]["Thief"]["period_us"].as_u64(), Some(500), "{}", report["shrink"]);
+    assert_eq!(report["cpu_queue_delay_max_ms"].as_u64(), Some(3), "the node's default without long freezes");
+    let workloads = report["workloads"].as_array().expect("workloads");
+    assert_eq!(workloads.len(), 1, "the CPU-bound workload only");
+    assert!(workloads[0]["capacity_per_s"].as_f64().is_some_and(|v| v > 0.0), "{}", workloads[0]);
+    // The thief is gone with the run: nothing keeps spinning on the server's core.
+    let left = Command::new("pgrep").args(["-f", "strata-bench cpu-thief"]).output().expect("pgrep runs");
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "a CPU thief outlived its run");
 }
 
 #[test]
 fn netpath_measures_each_network_path_beside_redis() {
+    let _core = share_core_0();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let quota = if cgroup_writable() { "50" } else { "0" };
     let report = bench(
