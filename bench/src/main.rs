@@ -421,10 +421,7 @@ fn main() {
                     seconds: net.seconds,
                     quota_percent,
                     shrink,
-                    cpu_queue_delay_max_ms: cpu_queue_delay_max.unwrap_or(match shrink {
-                        overload::Shrink::Quota => 6,
-                        overload::Shrink::Thief { .. } => 3,
-                    }),
+                    cpu_queue_delay_max_ms: cpu_queue_delay_max.unwrap_or(shrink.queue_delay_max_ms()),
                     rss_seconds,
                     rounds: rounds.max(1),
                 };

@@ -34,7 +34,8 @@ pub fn run(percent: u32, period: Duration) -> Result<String, String> {
             // timer's latency.
             std::thread::sleep(next - now);
         }
-        // A late wake-up does not make the next busy slice longer to catch up.
+        // The schedule holds through a wake-up up to half a period late (the next busy slice
+        // is that much shorter); a later one drops the lost time rather than catching it up.
         period_start = next.max(Instant::now() - period / 2);
     }
 }

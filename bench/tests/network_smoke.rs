@@ -96,6 +96,14 @@ fn compare_measures_strata_and_redis_side_by_side() {
     }
 }
 
+/// `overload` at smoke-test size (half-second steps, a small dataset, 4 connections), with
+/// `extra` arguments.
+fn short_overload(extra: &[&str], dir: &std::path::Path) -> serde_json::Value {
+    let mut args = vec!["overload", "--seconds", "0.5", "--keys", "2000", "--connections", "4", "--rss-seconds", "1"];
+    args.extend_from_slice(extra);
+    bench(&args, dir)
+}
+
 #[test]
 fn overload_reports_goodput_at_every_multiple() {
     let _core = share_core_0();
@@ -104,26 +112,7 @@ fn overload_reports_goodput_at_every_multiple() {
         return;
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let report = bench(
-        &[
-            "overload",
-            "--seconds",
-            "0.5",
-            "--keys",
-            "2000",
-            "--disk-keys",
-            "5000",
-            "--connections",
-            "4",
-            "--rss-seconds",
-            "1",
-            "--quota-percent",
-            "20",
-            "--rounds",
-            "2",
-        ],
-        dir.path(),
-    );
+    let report = short_overload(&["--disk-keys", "5000", "--quota-percent", "20", "--rounds", "2"], dir.path());
     let workloads = report["workloads"].as_array().expect("workloads");
     assert_eq!(workloads.len(), 4, "two workloads in each of 2 rounds");
     for w in workloads {
@@ -159,26 +148,7 @@ fn overload_can_shrink_the_server_with_a_cpu_thief() {
         return;
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let report = bench(
-        &[
-            "overload",
-            "--workload",
-            "cpu",
-            "--shrink",
-            "thief",
-            "--seconds",
-            "0.5",
-            "--keys",
-            "2000",
-            "--connections",
-            "4",
-            "--rss-seconds",
-            "1",
-            "--rounds",
-            "1",
-        ],
-        dir.path(),
-    );
+    let report = short_overload(&["--workload", "cpu", "--shrink", "thief", "--rounds", "1"], dir.path());
     assert_eq!(report["shrink"]["Thief"]["period_us"].as_u64(), Some(500), "{}", report["shrink"]);
     assert_eq!(report["cpu_queue_delay_max_ms"].as_u64(), Some(3), "the node's default without long freezes");
     let workloads = report["workloads"].as_array().expect("workloads");
