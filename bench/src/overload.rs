@@ -95,6 +95,9 @@ pub struct Step {
     pub rejection_p99_us: u64,
     pub failed: u64,
     pub generator_cpu_share: f64,
+    /// The server's CPU time over the step (`utime + stime`) per second: under the CPU-bound
+    /// workload's share, how much of that share it used; below the share, it sat idle.
+    pub server_cpu_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -242,7 +245,7 @@ fn config_without_limits(config: &str) -> &str {
     config.split("[limits]").next().unwrap_or(config)
 }
 
-fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadResult) -> Step {
+fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadResult, server_cpu_us: u64) -> Step {
     let secs = r.elapsed.as_secs_f64();
     let admitted_p99_us = r.latency_ok_us.value_at_quantile(0.99);
     Step {
@@ -258,7 +261,15 @@ fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadR
         rejection_p99_us: r.latency_rejected_us.value_at_quantile(0.99),
         failed: r.failed,
         generator_cpu_share: r.generator_cpu_share(),
+        server_cpu_share: server_cpu_us as f64 / 1e6 / secs,
     }
+}
+
+/// Runs one step's load, timing the server's CPU over it.
+fn measured(server: &Server, spec: &LoadSpec) -> Result<(LoadResult, u64), String> {
+    let before = server.cpu_us();
+    let r = loadgen::run(spec)?;
+    Ok((r, server.cpu_us().saturating_sub(before)))
 }
 
 fn workload(
@@ -289,12 +300,12 @@ fn workload(
     let unloaded_p99_us = unloaded.latency_ok_us.value_at_quantile(0.99);
     let mut steps = Vec::new();
     for multiple in [1.0, 2.0, 5.0, 10.0] {
-        let r = loadgen::run(&load(args, &server, uniform, open(peak * multiple), args.seconds, false))?;
-        steps.push(step(multiple, false, peak, unloaded_p99_us, &r));
+        let (r, cpu) = measured(&server, &load(args, &server, uniform, open(peak * multiple), args.seconds, false))?;
+        steps.push(step(multiple, false, peak, unloaded_p99_us, &r, cpu));
     }
     for multiple in [5.0, 10.0] {
-        let r = loadgen::run(&load(args, &server, uniform, open(peak * multiple), args.seconds, true))?;
-        steps.push(step(multiple, true, peak, unloaded_p99_us, &r));
+        let (r, cpu) = measured(&server, &load(args, &server, uniform, open(peak * multiple), args.seconds, true))?;
+        steps.push(step(multiple, true, peak, unloaded_p99_us, &r, cpu));
     }
     // Goodput is judged against the best the server showed: the closed-loop rate or any
     // open-loop step's goodput, whichever is higher.
@@ -383,7 +394,7 @@ pub fn summary(r: &Report) -> String {
     );
     for w in &r.workloads {
         out.push_str(&format!(
-            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7}\n",
+            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7} {:>7}\n",
             w.round,
             w.name,
             w.capacity_per_s,
@@ -399,11 +410,12 @@ pub fn summary(r: &Report) -> String {
             "p99 us",
             "p99/unld",
             "rej p99 us",
-            "gen cpu"
+            "gen cpu",
+            "srv cpu"
         ));
         for s in &w.steps {
             out.push_str(&format!(
-                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}%\n",
+                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}% {:>6.1}%\n",
                 s.multiple,
                 if s.backoff { "yes" } else { "no" },
                 s.offered_per_s,
@@ -414,7 +426,8 @@ pub fn summary(r: &Report) -> String {
                 s.admitted_p99_us,
                 s.admitted_p99_vs_unloaded,
                 s.rejection_p99_us,
-                s.generator_cpu_share * 100.0
+                s.generator_cpu_share * 100.0,
+                s.server_cpu_share * 100.0
             ));
         }
     }

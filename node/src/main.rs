@@ -69,6 +69,8 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour for a terminal only: a log file or the journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let code = match strata_node::config::parse_command_line(command()) {
@@ -170,6 +172,16 @@ struct ShardPlan {
 }
 
 fn serve(cfg: &Config) -> i32 {
+    // First of all, so a SIGTERM or SIGINT at any moment of start-up (the checks, a long WAL
+    // replay) stops the node the way it stops a serving one: exit 0, nothing acknowledged lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            tracing::error!("cannot install the handler for signal {signal}: {e}");
+            return 1;
+        }
+    }
+    tracing::info!(pid = std::process::id(), data_dir = %cfg.data_dir.display(), "starting");
     // Shards go on the CPUs this process may use (all online CPUs, unless `taskset` or a cpuset
     // says otherwise), one per CPU by default.
     let cpus = uring::allowed_cpus();
@@ -242,12 +254,10 @@ fn serve(cfg: &Config) -> i32 {
             None
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
-            tracing::error!("cannot install the handler for signal {signal}: {e}");
-            return 1;
-        }
+    if stop.load(Ordering::SeqCst) {
+        // Nothing is open yet: nothing to drain or sync.
+        tracing::info!("stopped by a signal while starting");
+        return 0;
     }
     let config = Arc::new(cfg.clone());
     let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shard_count).map(|_| Arc::default()).collect();
@@ -325,6 +335,10 @@ fn serve(cfg: &Config) -> i32 {
             code = 1;
         }
         stop.store(true, Ordering::SeqCst);
+    } else if signalled(code) {
+        // The signal came while the shards opened (a WAL replay can take a while): they stop
+        // without listening, so no client connects only to be cut off.
+        tracing::info!("stopped by a signal while starting");
     } else if !listen_port_free(listen) {
         // The shards have not bound yet (they wait for `peers`): whatever holds the port is
         // another process.

@@ -42,6 +42,13 @@ impl Node {
     /// Starts a node whose log is filtered by `rust_log` (for example
     /// `"info,strata_node::server=debug"` to log why each connection was closed).
     pub fn start_with_log(data_dir: &Path, extra: &[&str], rust_log: &str) -> Self {
+        let node = Self::spawn(data_dir, extra, rust_log);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node without waiting for it to answer.
+    pub fn spawn(data_dir: &Path, extra: &[&str], rust_log: &str) -> Self {
         let base = free_ports(2 + SHARDS as u16);
         let addr: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
         let status: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().unwrap();
@@ -60,9 +67,7 @@ impl Node {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the strata binary starts");
-        let node = Self { child, addr, shard_port_base, status, data_dir: data_dir.to_path_buf(), log };
-        node.wait_ready();
-        node
+        Self { child, addr, shard_port_base, status, data_dir: data_dir.to_path_buf(), log }
     }
 
     fn wait_ready(&self) {
