@@ -200,6 +200,13 @@ fn serve(cfg: &Config) -> i32 {
             return 1;
         }
     };
+    let _port_lock = match lock_listen_port(listen) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 1;
+        }
+    };
     // At once, rather than after every shard has replayed its WAL; checked again just before
     // the shards listen.
     if !listen_port_free(listen) {
@@ -388,10 +395,34 @@ fn serve(cfg: &Config) -> i32 {
     code
 }
 
+/// Holds `listen`'s port for this node while it runs: an abstract Unix socket named after the
+/// port (`@strata/listen-port/<port>`), which the kernel frees when the process ends, however it
+/// ends. The shards share their port with SO_REUSEPORT, so binding it cannot tell a second node
+/// from a shard of this one; [`listen_port_free`] sees a process already listening, but two
+/// nodes started at the same moment could both pass it. This lock admits one of them. It is
+/// keyed by the port alone, so overlapping addresses (`0.0.0.0` and `127.0.0.1`) clash too.
+/// Port 0 (any free port) needs no lock.
+fn lock_listen_port(listen: SocketAddr) -> Result<Option<std::os::unix::net::UnixListener>, String> {
+    if listen.port() == 0 {
+        return Ok(None);
+    }
+    let name = format!("strata/listen-port/{}", listen.port());
+    match uring::net::hold_abstract_name(&name) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {listen}: another strata node{} holds port {} (its lock @{name}). Two nodes on \
+             one host need distinct ports: stop the other node, or choose another listen",
+            uring::net::abstract_name_holder(&name).map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+            listen.port()
+        )),
+        Err(e) => Err(format!("cannot take the port lock @{name} for {listen}: {e}")),
+    }
+}
+
 /// False (and says why) when another process listens on `listen`. The shards share the port
 /// with SO_REUSEPORT, which the kernel grants to every process of the same user: a second node
-/// there would take a share of the clients. A check, not a lock: two nodes starting at the same
-/// moment could both pass it.
+/// there would take a share of the clients. A check, not a lock: [`lock_listen_port`] keeps two
+/// strata nodes starting at the same moment apart; this catches any other process.
 fn listen_port_free(listen: SocketAddr) -> bool {
     match uring::net::check_port_free(listen) {
         Ok(()) => true,

@@ -88,8 +88,17 @@ fn every_operation_round_trips_through_both_ports_and_survives_a_clean_restart()
     let second = start(&dir.path().join("second"), node.addr.to_string(), "0".into());
     let text = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{text}");
-    assert!(text.contains(&format!("cannot listen on {}: another process listens there", node.addr)), "{text}");
+    let holder = format!("cannot listen on {}: another strata node (pid {}) holds port", node.addr, node.child.id());
+    assert!(text.contains(&holder), "{text}");
     assert!(!text.contains("serving shards="), "{text}");
+    // A port another program listens on (without SO_REUSEPORT) is refused the same way.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let fourth = start(&dir.path().join("fourth"), other_addr.to_string(), "0".into());
+    let text = String::from_utf8_lossy(&fourth.stderr);
+    assert_eq!(fourth.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("cannot listen on {other_addr}: another process listens there")), "{text}");
+    drop(other);
     // A shard port held by another process stops a node before it says it serves, and the
     // reason is logged once.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -390,6 +390,32 @@ pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
     bound_socket(addr, false).map(drop)
 }
 
+/// Binds a Unix socket to `name` in the abstract namespace, and listens on it: a lock on `name`
+/// for as long as the socket is open, freed by the kernel when the process ends, however it
+/// ends. Fails with `AddrInUse` while another process holds it.
+pub fn hold_abstract_name(name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    std::os::unix::net::UnixListener::bind_addr(&addr)
+}
+
+/// The pid of the process holding `name` (see [`hold_abstract_name`]), from the credentials
+/// its socket recorded when it listened (`SO_PEERCRED`); `None` if no one holds it.
+#[must_use]
+pub fn abstract_name_holder(name: &str) -> Option<i32> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&addr).ok()?;
+    // SAFETY: ucred is plain data; zeroed is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: passes a live ucred and its size for the kernel to fill.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len)
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> std::io::Result<()> {
     // SAFETY: passes a pointer to a live i32 and its size.
     let rc = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as u32) };
@@ -1024,6 +1050,19 @@ mod tests {
     use super::*;
     use crate::uring::{block_on, sleep};
     use std::io::{Read as _, Write as _};
+
+    #[test]
+    fn an_abstract_name_is_held_by_one_socket_and_names_its_holder() {
+        let name = format!("strata-test/hold/{}/{:?}", std::process::id(), Instant::now());
+        assert_eq!(abstract_name_holder(&name), None, "no one holds a fresh name");
+        let held = hold_abstract_name(&name).unwrap();
+        let again = hold_abstract_name(&name).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse, "{again}");
+        assert_eq!(abstract_name_holder(&name), Some(std::process::id() as i32));
+        drop(held);
+        // Closed, the name is free again at once (no TIME_WAIT for Unix sockets).
+        let _held = hold_abstract_name(&name).unwrap();
+    }
 
     #[test]
     fn the_bytes_of_a_receive_are_dated_back_from_its_last_over_its_span() {
