@@ -95,6 +95,9 @@ pub struct LoadResult {
     pub offered: u64,
     /// Requests the client did not send because it was backing off.
     pub client_shed: u64,
+    /// From each request's intended send time to its last byte handed to the kernel, µs: the
+    /// generator's own lag. A large one means part of every latency above is the generator's.
+    pub send_lag_us: Histogram<u64>,
 }
 
 impl LoadResult {
@@ -128,6 +131,8 @@ struct Conn {
     filled: usize,
     /// Native: intended send time and key index by request id.
     pending_by_id: HashMap<u64, (Instant, u64)>,
+    /// Intended send times of the requests in `out` not yet written whole.
+    unsent: Vec<Instant>,
     /// RESP: intended send times in order.
     pending_fifo: VecDeque<Instant>,
     next_id: u64,
@@ -167,6 +172,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
             input: vec![0; 256 << 10],
             filled: 0,
             pending_by_id: HashMap::new(),
+            unsent: Vec::new(),
             pending_fifo: VecDeque::new(),
             next_id: 1,
             broken: false,
@@ -177,6 +183,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     let mut next_key = 0u64;
     let mut latency_ok_us = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
     let mut latency_rejected_us = latency_ok_us.clone();
+    let mut send_lag_us = latency_ok_us.clone();
     let deadline_us = spec.deadline.as_micros().min(u128::from(u32::MAX)) as u32;
     let (mut sent, mut ok, mut ok_in_deadline, mut not_found, mut rejected, mut failed, mut offered) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
@@ -209,6 +216,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 }
             };
             let key = key_of(index);
+            conn.unsent.push(intended);
             match spec.proto {
                 Proto::Native => {
                     let head = RequestHead { request_id: conn.next_id, deadline_us, priority: spec.priority };
@@ -275,7 +283,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
             }
         }
         for conn in &mut conns {
-            flush(conn);
+            flush(conn, &mut send_lag_us);
         }
         let timeout = match spec.arrival {
             Arrival::Open { .. } if sending => next_due.saturating_duration_since(Instant::now()),
@@ -357,7 +365,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
             }
             conn.input.copy_within(pos..conn.filled, 0);
             conn.filled -= pos;
-            flush(conn);
+            flush(conn, &mut send_lag_us);
         }
     }
     let elapsed = start.elapsed().min(Duration::from_secs_f64(spec.seconds)).max(Duration::from_millis(1));
@@ -381,6 +389,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
         generator_cpu_us,
         offered: if offered == 0 { sent } else { offered },
         client_shed,
+        send_lag_us,
     })
 }
 
@@ -419,7 +428,7 @@ pub fn run_once((spec, cpu): &(LoadSpec, usize)) -> Result<String, String> {
     let r = run(spec)?;
     let h = &r.latency_ok_us;
     Ok(format!(
-        "{:.0} ok/s, goodput {:.0}/s ({} ok, {} not found, {} rejected, {} shed by the client, {} failed, {} unanswered), p50 {} us, p99 {} us, max {} us, rejection p99 {} us, generator CPU {:.0}%",
+        "{:.0} ok/s, goodput {:.0}/s ({} ok, {} not found, {} rejected, {} shed by the client, {} failed, {} unanswered), p50 {} us, p99 {} us, max {} us, rejection p99 {} us, generator CPU {:.0}%, send lag p99 {} us",
         r.ok_per_s(),
         r.goodput_per_s(),
         r.ok,
@@ -432,17 +441,25 @@ pub fn run_once((spec, cpu): &(LoadSpec, usize)) -> Result<String, String> {
         h.value_at_quantile(0.99),
         h.max(),
         r.latency_rejected_us.value_at_quantile(0.99),
-        r.generator_cpu_share() * 100.0
+        r.generator_cpu_share() * 100.0,
+        r.send_lag_us.value_at_quantile(0.99)
     ))
 }
 
-fn flush(conn: &mut Conn) {
+/// Writes what `conn` has queued; once all of it is written, records each request's send lag.
+fn flush(conn: &mut Conn, send_lag_us: &mut Histogram<u64>) {
     while conn.out_pos < conn.out.len() && !conn.broken {
         match conn.stream.write(&conn.out[conn.out_pos..]) {
             Ok(n) => conn.out_pos += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => conn.broken = true,
+        }
+    }
+    if !conn.unsent.is_empty() {
+        let now = Instant::now();
+        for intended in conn.unsent.drain(..) {
+            let _ = send_lag_us.record(now.saturating_duration_since(intended).as_micros().max(1) as u64);
         }
     }
     conn.out.clear();

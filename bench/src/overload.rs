@@ -98,6 +98,9 @@ pub struct Step {
     /// The server's CPU time over the step (`utime + stime`) per second: under the CPU-bound
     /// workload's share, how much of that share it used; below the share, it sat idle.
     pub server_cpu_share: f64,
+    /// The generator's own send lag at p99 (intended send time to the request handed to the
+    /// kernel), µs: part of every latency of the step, the server's none of it.
+    pub send_lag_p99_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -262,6 +265,7 @@ fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadR
         failed: r.failed,
         generator_cpu_share: r.generator_cpu_share(),
         server_cpu_share: server_cpu_us as f64 / 1e6 / secs,
+        send_lag_p99_us: r.send_lag_us.value_at_quantile(0.99),
     }
 }
 
@@ -394,7 +398,7 @@ pub fn summary(r: &Report) -> String {
     );
     for w in &r.workloads {
         out.push_str(&format!(
-            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7} {:>7}\n",
+            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7} {:>7} {:>11}\n",
             w.round,
             w.name,
             w.capacity_per_s,
@@ -411,11 +415,12 @@ pub fn summary(r: &Report) -> String {
             "p99/unld",
             "rej p99 us",
             "gen cpu",
-            "srv cpu"
+            "srv cpu",
+            "lag p99 us"
         ));
         for s in &w.steps {
             out.push_str(&format!(
-                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}% {:>6.1}%\n",
+                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}% {:>6.1}% {:>11}\n",
                 s.multiple,
                 if s.backoff { "yes" } else { "no" },
                 s.offered_per_s,
@@ -427,7 +432,8 @@ pub fn summary(r: &Report) -> String {
                 s.admitted_p99_vs_unloaded,
                 s.rejection_p99_us,
                 s.generator_cpu_share * 100.0,
-                s.server_cpu_share * 100.0
+                s.server_cpu_share * 100.0,
+                s.send_lag_p99_us
             ));
         }
     }
