@@ -75,6 +75,9 @@ fn every_operation_round_trips_through_both_ports_and_survives_a_clean_restart()
     let metrics = node.metrics();
     assert!(metrics.contains("strata_requests_total{shard=\"0\",op=\"PUT\"}"), "{metrics}");
     assert!(metrics.contains("strata_forwarded_requests_total"), "{metrics}");
+    // Every turn that answered is timed, with how long it held its first answer.
+    assert!(node.metric_sum("strata_turn_seconds_count") > 0, "{metrics}");
+    assert!(node.metric_sum("strata_answer_hold_seconds_count") > 0, "{metrics}");
 
     // A second node (another data directory) on the node's port would join its SO_REUSEPORT
     // group and take a share of the clients: it is refused before it listens.

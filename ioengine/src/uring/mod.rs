@@ -177,7 +177,7 @@ pub(crate) fn idle_at() -> std::time::Instant {
 /// completions now. A clock for what needs no finer grain than a turn (progress of sends), read
 /// once per turn instead of once per event.
 #[must_use]
-pub(crate) fn turn_time() -> std::time::Instant {
+pub fn turn_time() -> std::time::Instant {
     with_current(|inner| inner.turn_at.get())
 }
 

@@ -74,6 +74,11 @@ pub struct ShardMetrics {
     /// Time requests sat in the socket before the server read them (from the kernel's
     /// receive timestamp).
     pub socket_wait: Histogram,
+    /// Each turn of the shard's loop that answered something: from the ring's return to the
+    /// turn's answers being handed to the sends.
+    pub turn: Histogram,
+    /// Each such turn's oldest answer: from being queued to being handed to the sends.
+    pub answer_hold: Histogram,
     /// Copied from the shard every 500 ms.
     pub wal_fsyncs: AtomicU64,
     pub wal_batches: AtomicU64,
@@ -258,6 +263,24 @@ pub fn render(out: &mut String, shards: &[std::sync::Arc<ShardMetrics>]) {
     );
     for (i, m) in shards.iter().enumerate() {
         m.socket_wait.render(out, "strata_socket_wait_seconds", &label(i));
+    }
+    header(
+        out,
+        "strata_turn_seconds",
+        "histogram",
+        "Each turn of the shard's loop that answered requests: from the ring's return to its answers being sent.",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        m.turn.render(out, "strata_turn_seconds", &label(i));
+    }
+    header(
+        out,
+        "strata_answer_hold_seconds",
+        "histogram",
+        "Each such turn's oldest answer: from being queued to being sent.",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        m.answer_hold.render(out, "strata_answer_hold_seconds", &label(i));
     }
 }
 

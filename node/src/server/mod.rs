@@ -112,6 +112,8 @@ pub struct Server {
     turn_received: Cell<Option<Received>>,
     turn_input_len: Cell<usize>,
     turn_frame_end: Cell<usize>,
+    /// When this turn's first answer was queued (a turn's answers go out together at its end).
+    first_answer_at: Cell<Option<Instant>>,
     /// Admitted requests waiting for a slot, by priority (highest first).
     waiting: RefCell<[VecDeque<Waiting>; 4]>,
     /// GETs reading the disk now, by a hash of their key (collisions are told apart inside).
@@ -163,6 +165,7 @@ impl Server {
             turn_received: Cell::new(None),
             turn_input_len: Cell::new(0),
             turn_frame_end: Cell::new(0),
+            first_answer_at: Cell::new(None),
             waiting: RefCell::new(Default::default()),
             reads_in_flight: RefCell::default(),
         });
@@ -240,6 +243,9 @@ impl Server {
         self.metrics.response(status);
         match reply {
             Reply::Local(conn) => {
+                if self.first_answer_at.get().is_none() {
+                    self.first_answer_at.set(Some(Instant::now()));
+                }
                 self.net.send_with(conn, write);
             }
             Reply::Remote { origin, conn } => {
@@ -903,6 +909,16 @@ impl NetHandler for Server {
         // The handler is registered through an Rc; recover it to hand clones to tasks.
         let server = LOCAL.with(|l| l.borrow().clone()).expect("the server is installed on its thread");
         server.on_input(conn, input)
+    }
+
+    fn flush(&self) {
+        // A turn that answered something: how long it ran, and how long its first answer was
+        // held, both up to the sends that start now.
+        if let Some(first) = self.first_answer_at.take() {
+            let now = Instant::now();
+            self.metrics.turn.record(now.saturating_duration_since(uring::turn_time()).as_micros() as u64);
+            self.metrics.answer_hold.record(now.saturating_duration_since(first).as_micros() as u64);
+        }
     }
 
     fn closed(&self, conn: ConnId, reason: &str) {
