@@ -58,6 +58,12 @@ pub fn strata_binary() -> Result<PathBuf, String> {
     }
 }
 
+/// Where the bench's Strata node serves its metrics: nowhere, unless `STRATA_BENCH_STATUS`
+/// names an address (to watch a run's turns, socket waits and refusals from outside).
+fn status_listen() -> String {
+    std::env::var("STRATA_BENCH_STATUS").unwrap_or_default()
+}
+
 /// This bench binary, to run its helper commands (`echo-server`, `cpu-thief`).
 pub fn strata_bench_binary() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))
@@ -92,7 +98,7 @@ impl Server {
                         "--listen",
                         &addr.to_string(),
                         "--status-listen",
-                        "",
+                        &status_listen(),
                         "--shard-port-base",
                         "0",
                     ])
