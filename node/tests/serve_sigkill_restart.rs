@@ -58,12 +58,7 @@ impl Rng {
 }
 
 fn seed() -> u64 {
-    let seed = match std::env::var("STRATA_SIGKILL_SEED") {
-        Ok(text) => text.parse().expect("STRATA_SIGKILL_SEED should be a u64"),
-        Err(_) => common::now_us(),
-    };
-    println!("sigkill seed {seed} (replay with STRATA_SIGKILL_SEED={seed})");
-    seed
+    common::seed("STRATA_SIGKILL_SEED", "sigkill")
 }
 
 /// The value written at `(pkey, ts)`: its key in text, then seeded filler.

@@ -15,6 +15,7 @@ mod common;
 
 use common::Node;
 use std::time::{Duration, Instant};
+use strata_ioengine::SimRng;
 
 const WRITERS: u64 = 8;
 const LOAD_FOR: Duration = Duration::from_secs(3);
@@ -29,24 +30,6 @@ block-cache = "16 MiB"
 memtable-max = "512 MiB"
 flush-at = "512 MiB"
 "#;
-
-fn seed() -> u64 {
-    let seed = match std::env::var("STRATA_START_SIGNAL_SEED") {
-        Ok(text) => text.parse().expect("STRATA_START_SIGNAL_SEED should be a u64"),
-        Err(_) => common::now_us(),
-    };
-    println!("start-signal seed {seed} (replay with STRATA_START_SIGNAL_SEED={seed})");
-    seed
-}
-
-/// SplitMix64.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 fn value_of(writer: u64, i: u64) -> Vec<u8> {
     let mut value = format!("writer {writer} put {i} ").into_bytes();
@@ -69,7 +52,7 @@ fn wait_starting(node: &Node) {
 
 #[test]
 fn sigterm_at_any_moment_of_start_up_exits_0_and_loses_nothing() {
-    let mut rng = seed();
+    let mut rng = SimRng::new(common::seed("STRATA_START_SIGNAL_SEED", "start-signal"));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("strata.toml");
@@ -115,7 +98,7 @@ fn sigterm_at_any_moment_of_start_up_exits_0_and_loses_nothing() {
     let window_us = (full_start.as_micros() as u64 * 3 / 2).max(1000);
     let (mut while_starting, mut while_serving) = (0, 0);
     for stop in 0..STOPS {
-        let delay = Duration::from_micros(if stop == 0 { 0 } else { next(&mut rng) % window_us });
+        let delay = Duration::from_micros(if stop == 0 { 0 } else { rng.below(window_us) });
         let mut node = Node::spawn(&data, &args, "info");
         wait_starting(&node);
         std::thread::sleep(delay);

@@ -251,38 +251,30 @@ pub fn render(out: &mut String, shards: &[std::sync::Arc<ShardMetrics>]) {
         m.latency_read.render(out, "strata_request_seconds", &format!("{},kind=\"read\"", label(i)));
         m.latency_write.render(out, "strata_request_seconds", &format!("{},kind=\"write\"", label(i)));
     }
-    header(out, "strata_queue_delay_seconds", "histogram", "Time from a request's arrival to its start.");
-    for (i, m) in shards.iter().enumerate() {
-        m.queue_delay.render(out, "strata_queue_delay_seconds", &label(i));
-    }
-    header(
-        out,
-        "strata_socket_wait_seconds",
-        "histogram",
-        "Time from the kernel's receipt of a request to the server reading it.",
-    );
-    for (i, m) in shards.iter().enumerate() {
-        m.socket_wait.render(out, "strata_socket_wait_seconds", &label(i));
-    }
-    header(
-        out,
-        "strata_turn_seconds",
-        "histogram",
-        "Each turn of the shard's loop that answered requests: from the ring's return to its answers being sent.",
-    );
-    for (i, m) in shards.iter().enumerate() {
-        m.turn.render(out, "strata_turn_seconds", &label(i));
-    }
-    header(
-        out,
-        "strata_answer_hold_seconds",
-        "histogram",
-        "Each such turn's oldest answer: from being queued to being sent.",
-    );
-    for (i, m) in shards.iter().enumerate() {
-        m.answer_hold.render(out, "strata_answer_hold_seconds", &label(i));
+    for (name, help, histogram) in SHARD_HISTOGRAMS {
+        header(out, name, "histogram", help);
+        for (i, m) in shards.iter().enumerate() {
+            histogram(m).render(out, name, &label(i));
+        }
     }
 }
+
+/// The histograms with only a `shard` label: name, help, and where each shard keeps it.
+type ShardHistogram = (&'static str, &'static str, fn(&ShardMetrics) -> &Histogram);
+const SHARD_HISTOGRAMS: [ShardHistogram; 4] = [
+    ("strata_queue_delay_seconds", "Time from a request's arrival to its start.", |m| &m.queue_delay),
+    ("strata_socket_wait_seconds", "Time from the kernel's receipt of a request to the server reading it.", |m| {
+        &m.socket_wait
+    }),
+    (
+        "strata_turn_seconds",
+        "Each turn of the shard's loop that answered requests: from the ring's return to its answers being sent.",
+        |m| &m.turn,
+    ),
+    ("strata_answer_hold_seconds", "Each such turn's oldest answer: from being queued to being sent.", |m| {
+        &m.answer_hold
+    }),
+];
 
 #[cfg(test)]
 mod tests {

@@ -157,6 +157,17 @@ impl Drop for Node {
     }
 }
 
+/// A randomized test's seed: from the environment variable `var` when set (to replay a run),
+/// else from the clock; printed with how to replay it.
+pub fn seed(var: &str, what: &str) -> u64 {
+    let seed = match std::env::var(var) {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{var} should be a u64")),
+        Err(_) => now_us(),
+    };
+    println!("{what} seed {seed} (replay with {var}={seed})");
+    seed
+}
+
 /// Timestamps near now (microseconds), inside the node's future-skew limit.
 pub fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
