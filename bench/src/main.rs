@@ -11,6 +11,7 @@ mod loadgen;
 mod netpath;
 mod overload;
 mod procstat;
+mod promtext;
 mod servers;
 mod thief;
 

@@ -13,6 +13,7 @@
 //! several rounds, each on a fresh node, and the summary gives every step's median with the
 //! lowest and highest round beside it.
 
+use crate::promtext::Histogram;
 use crate::loadgen::{self, Arrival, Keys, LoadResult, LoadSpec, Op, Proto};
 use crate::servers::{Server, ServerKind};
 use crate::thief::Thief;
@@ -101,6 +102,36 @@ pub struct Step {
     /// The generator's own send lag at p99 (intended send time to the request handed to the
     /// kernel), µs: part of every latency of the step, the server's none of it.
     pub send_lag_p99_us: u64,
+    /// The node's loop over the step, from its metrics: turns that answered something, per second.
+    pub turns_per_s: f64,
+    /// Their mean length, µs: from the ring's return to the turn's answers going to the sends.
+    pub turn_mean_us: f64,
+    /// How long a turn held its first answer, at the median and p99: the upper bound of the
+    /// node's power-of-two bucket holding it, µs (the true figure is above half of it).
+    pub answer_hold_p50_us: u64,
+    pub answer_hold_p99_us: u64,
+}
+
+/// The node's loop over a step, from two scrapes of its metrics.
+#[derive(Debug, Clone, Copy)]
+struct LoopFigures {
+    turns_per_s: f64,
+    turn_mean_us: f64,
+    answer_hold_p50_us: u64,
+    answer_hold_p99_us: u64,
+}
+
+impl LoopFigures {
+    fn between(before: &str, after: &str, secs: f64) -> Self {
+        let family = |name| Histogram::parse(after, name).since(&Histogram::parse(before, name));
+        let (turn, hold) = (family("strata_turn_seconds"), family("strata_answer_hold_seconds"));
+        Self {
+            turns_per_s: turn.count as f64 / secs,
+            turn_mean_us: turn.mean_us(),
+            answer_hold_p50_us: hold.quantile_bound_us(0.5),
+            answer_hold_p99_us: hold.quantile_bound_us(0.99),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,7 +279,8 @@ fn config_without_limits(config: &str) -> &str {
     config.split("[limits]").next().unwrap_or(config)
 }
 
-fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadResult, server_cpu_us: u64) -> Step {
+fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, m: &Measured) -> Step {
+    let (r, server_cpu_us, turns) = (&m.result, m.server_cpu_us, m.turns);
     let secs = r.elapsed.as_secs_f64();
     let admitted_p99_us = r.latency_ok_us.value_at_quantile(0.99);
     Step {
@@ -266,14 +298,27 @@ fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, r: &LoadR
         generator_cpu_share: r.generator_cpu_share(),
         server_cpu_share: server_cpu_us as f64 / 1e6 / secs,
         send_lag_p99_us: r.send_lag_us.value_at_quantile(0.99),
+        turns_per_s: turns.turns_per_s,
+        turn_mean_us: turns.turn_mean_us,
+        answer_hold_p50_us: turns.answer_hold_p50_us,
+        answer_hold_p99_us: turns.answer_hold_p99_us,
     }
 }
 
-/// Runs one step's load, timing the server's CPU over it.
-fn measured(server: &Server, spec: &LoadSpec) -> Result<(LoadResult, u64), String> {
-    let before = server.cpu_us();
-    let r = loadgen::run(spec)?;
-    Ok((r, server.cpu_us().saturating_sub(before)))
+/// One step's load with what the server did over it.
+struct Measured {
+    result: LoadResult,
+    server_cpu_us: u64,
+    turns: LoopFigures,
+}
+
+/// Runs one step's load, timing the server's CPU and reading its loop's metrics around it.
+fn measured(server: &Server, spec: &LoadSpec) -> Result<Measured, String> {
+    let (metrics_before, cpu_before) = (server.metrics()?, server.cpu_us());
+    let result = loadgen::run(spec)?;
+    let server_cpu_us = server.cpu_us().saturating_sub(cpu_before);
+    let turns = LoopFigures::between(&metrics_before, &server.metrics()?, result.elapsed.as_secs_f64());
+    Ok(Measured { result, server_cpu_us, turns })
 }
 
 fn workload(
@@ -304,12 +349,12 @@ fn workload(
     let unloaded_p99_us = unloaded.latency_ok_us.value_at_quantile(0.99);
     let mut steps = Vec::new();
     for multiple in [1.0, 2.0, 5.0, 10.0] {
-        let (r, cpu) = measured(&server, &load(args, &server, uniform, open(peak * multiple), args.seconds, false))?;
-        steps.push(step(multiple, false, peak, unloaded_p99_us, &r, cpu));
+        let m = measured(&server, &load(args, &server, uniform, open(peak * multiple), args.seconds, false))?;
+        steps.push(step(multiple, false, peak, unloaded_p99_us, &m));
     }
     for multiple in [5.0, 10.0] {
-        let (r, cpu) = measured(&server, &load(args, &server, uniform, open(peak * multiple), args.seconds, true))?;
-        steps.push(step(multiple, true, peak, unloaded_p99_us, &r, cpu));
+        let m = measured(&server, &load(args, &server, uniform, open(peak * multiple), args.seconds, true))?;
+        steps.push(step(multiple, true, peak, unloaded_p99_us, &m));
     }
     // Goodput is judged against the best the server showed: the closed-loop rate or any
     // open-loop step's goodput, whichever is higher.
@@ -384,6 +429,11 @@ pub fn run(args: &Args) -> Result<Report, String> {
     })
 }
 
+/// A histogram bucket's upper bound for the table: `<=N` µs, or `+Inf` beyond the last.
+fn bucket_bound(us: u64) -> String {
+    if us == u64::MAX { "+Inf".to_string() } else { format!("<={us}") }
+}
+
 pub fn summary(r: &Report) -> String {
     let mut out = format!(
         "overload: {} connections, {} ms deadline, Poisson arrivals; disk-bound: 2 reads in flight; CPU-bound: server held to {}% of a core by {}, queue-delay-max {} ms\n",
@@ -398,7 +448,7 @@ pub fn summary(r: &Report) -> String {
     );
     for w in &r.workloads {
         out.push_str(&format!(
-            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7} {:>7} {:>11}\n",
+            "  round {}, {}: capacity {:.0}/s (closed loop), peak goodput {:.0}/s, unloaded p99 {} us\n    {:>4} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>10} {:>11} {:>7} {:>7} {:>11} {:>8} {:>8} {:>9} {:>9}\n",
             w.round,
             w.name,
             w.capacity_per_s,
@@ -416,11 +466,15 @@ pub fn summary(r: &Report) -> String {
             "rej p99 us",
             "gen cpu",
             "srv cpu",
-            "lag p99 us"
+            "lag p99 us",
+            "turns/s",
+            "turn us",
+            "hold p50",
+            "hold p99"
         ));
         for s in &w.steps {
             out.push_str(&format!(
-                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}% {:>6.1}% {:>11}\n",
+                "    {:>3}x {:>8} {:>10.0} {:>10.0} {:>7.0}% {:>10.0} {:>10.0} {:>9} {:>9.1}x {:>11} {:>6.0}% {:>6.1}% {:>11} {:>8.0} {:>8.0} {:>9} {:>9}\n",
                 s.multiple,
                 if s.backoff { "yes" } else { "no" },
                 s.offered_per_s,
@@ -433,7 +487,11 @@ pub fn summary(r: &Report) -> String {
                 s.rejection_p99_us,
                 s.generator_cpu_share * 100.0,
                 s.server_cpu_share * 100.0,
-                s.send_lag_p99_us
+                s.send_lag_p99_us,
+                s.turns_per_s,
+                s.turn_mean_us,
+                bucket_bound(s.answer_hold_p50_us),
+                bucket_bound(s.answer_hold_p99_us)
             ));
         }
     }

@@ -1,6 +1,7 @@
 //! Servers under test as child processes: Strata and redis-server, pinned to a core with
 //! `taskset`, optionally held to a cgroup v1 CPU quota; their CPU time and RSS from /proc.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,6 +39,8 @@ impl ServerKind {
 pub struct Server {
     pub kind: ServerKind,
     pub addr: SocketAddr,
+    /// Where a Strata node serves its metrics (none for the other servers).
+    pub status: Option<SocketAddr>,
     child: Child,
     cgroup: Option<PathBuf>,
 }
@@ -58,10 +61,15 @@ pub fn strata_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// Where the bench's Strata node serves its metrics: nowhere, unless `STRATA_BENCH_STATUS`
-/// names an address (to watch a run's turns, socket waits and refusals from outside).
-fn status_listen() -> String {
-    std::env::var("STRATA_BENCH_STATUS").unwrap_or_default()
+/// Where the bench's Strata node serves its metrics: the address `STRATA_BENCH_STATUS` names (to
+/// watch a run's turns, socket waits and refusals from outside as well), or a free loopback port.
+fn status_listen() -> Result<SocketAddr, String> {
+    match std::env::var("STRATA_BENCH_STATUS") {
+        Ok(addr) if !addr.is_empty() => {
+            addr.parse().map_err(|e| format!("STRATA_BENCH_STATUS={addr:?} is not an address: {e}"))
+        }
+        _ => Ok(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+    }
 }
 
 /// This bench binary, to run its helper commands (`echo-server`, `cpu-thief`).
@@ -83,8 +91,11 @@ impl Server {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut command = Command::new("taskset");
         command.args(["-c", &cpu.to_string()]);
+        let mut status = None;
         match kind {
             ServerKind::Strata => {
+                let status_addr = status_listen()?;
+                status = Some(status_addr);
                 let config = dir.join("strata.toml");
                 std::fs::write(&config, strata_config).map_err(|e| e.to_string())?;
                 command
@@ -98,7 +109,7 @@ impl Server {
                         "--listen",
                         &addr.to_string(),
                         "--status-listen",
-                        &status_listen(),
+                        &status_addr.to_string(),
                         "--shard-port-base",
                         "0",
                     ])
@@ -129,7 +140,7 @@ impl Server {
             command.stdout(Stdio::null()).stderr(log).spawn().map_err(|e| {
                 format!("cannot start {}: {e} (is taskset installed? it is in util-linux)", kind.name())
             })?;
-        let server = Self { kind, addr, child, cgroup: None };
+        let server = Self { kind, addr, status, child, cgroup: None };
         let start = Instant::now();
         while TcpStream::connect(addr).is_err() {
             if start.elapsed() > Duration::from_secs(30) {
@@ -157,6 +168,21 @@ impl Server {
     pub fn pid(&self) -> u32 {
         // `taskset` execs the server, so the child's pid is the server's.
         self.child.id()
+    }
+
+    /// A Strata node's metrics, in Prometheus' text format, from its status port.
+    pub fn metrics(&self) -> Result<String, String> {
+        let addr = self.status.ok_or_else(|| format!("{} serves no metrics", self.kind.name()))?;
+        let fail = |e: std::io::Error| format!("cannot read the metrics at {addr}: {e}");
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(fail)?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").map_err(fail)?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).map_err(fail)?;
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => Err(format!("the metrics at {addr} answered: {}", text.lines().next().unwrap_or("nothing"))),
+        }
     }
 
     /// CPU time (user + system) the server has used, µs.

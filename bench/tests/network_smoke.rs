@@ -127,6 +127,11 @@ fn overload_reports_goodput_at_every_multiple() {
                 assert!(share < 0.35, "a server held to 20% used {share}: {s}");
             }
             assert!(s["send_lag_p99_us"].as_u64().is_some_and(|v| v > 0), "{s}");
+            // The node's loop, read from its metrics around the step: it answered in turns.
+            assert!(s["turns_per_s"].as_f64().is_some_and(|v| v > 0.0), "{s}");
+            assert!(s["turn_mean_us"].as_f64().is_some_and(|v| v > 0.0), "{s}");
+            let hold = (s["answer_hold_p50_us"].as_u64(), s["answer_hold_p99_us"].as_u64());
+            assert!(matches!(hold, (Some(p50), Some(p99)) if p50 > 0 && p50 <= p99), "{s}");
         }
     }
     let summaries = report["summaries"].as_array().expect("summaries");
