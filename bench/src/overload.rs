@@ -13,8 +13,8 @@
 //! several rounds, each on a fresh node, and the summary gives every step's median with the
 //! lowest and highest round beside it.
 
-use crate::promtext::Histogram;
 use crate::loadgen::{self, Arrival, Keys, LoadResult, LoadSpec, Op, Proto};
+use crate::promtext::Histogram;
 use crate::servers::{Server, ServerKind};
 use crate::thief::Thief;
 use serde::Serialize;
