@@ -110,6 +110,28 @@ pub struct Step {
     /// node's power-of-two bucket holding it, µs (the true figure is above half of it).
     pub answer_hold_p50_us: u64,
     pub answer_hold_p99_us: u64,
+    /// Why the step measured the generator rather than the server, if it did: the generator's
+    /// core was nearly saturated, or it sent late (each late send adds to the latencies, and a
+    /// stalled generator offers less than the step's rate). Such a step is left out of the
+    /// summary's medians.
+    pub generator_limited: Option<String>,
+}
+
+/// A generator busier than this share of its core cannot keep to the offered rate.
+const GENERATOR_CPU_SHARE_MAX: f64 = 0.85;
+
+/// A generator's send lag p99 above this (a tenth of the requests' deadline; an unhindered
+/// generator's is 1–3 ms, its epoll waits having millisecond resolution) means it was held up.
+const SEND_LAG_P99_MAX_US: u64 = 5_000;
+
+fn generator_limited(generator_cpu_share: f64, send_lag_p99_us: u64) -> Option<String> {
+    if generator_cpu_share > GENERATOR_CPU_SHARE_MAX {
+        Some(format!("the generator used {:.0}% of its core", generator_cpu_share * 100.0))
+    } else if send_lag_p99_us > SEND_LAG_P99_MAX_US {
+        Some(format!("the generator's send lag p99 was {:.1} ms", send_lag_p99_us as f64 / 1000.0))
+    } else {
+        None
+    }
 }
 
 /// The node's loop over a step, from two scrapes of its metrics.
@@ -168,9 +190,12 @@ impl Spread {
 pub struct StepSummary {
     pub multiple: f64,
     pub backoff: bool,
-    pub goodput_vs_peak: Spread,
-    pub admitted_p99_vs_unloaded: Spread,
-    pub rejection_p99_us: Spread,
+    /// Rounds whose step measured the server (see [`Step::generator_limited`]): the figures
+    /// below are theirs, absent when there is none.
+    pub valid_rounds: usize,
+    pub goodput_vs_peak: Option<Spread>,
+    pub admitted_p99_vs_unloaded: Option<Spread>,
+    pub rejection_p99_us: Option<Spread>,
 }
 
 /// A workload over the rounds.
@@ -190,10 +215,15 @@ fn summarize(name: &'static str, rounds: &[&Workload]) -> WorkloadSummary {
         .iter()
         .enumerate()
         .map(|(i, first)| {
-            let of = |f: &dyn Fn(&Step) -> f64| Spread::of(rounds.iter().map(|w| f(&w.steps[i])).collect());
+            let valid: Vec<&Step> =
+                rounds.iter().map(|w| &w.steps[i]).filter(|s| s.generator_limited.is_none()).collect();
+            let of = |f: &dyn Fn(&Step) -> f64| {
+                (!valid.is_empty()).then(|| Spread::of(valid.iter().map(|s| f(s)).collect()))
+            };
             StepSummary {
                 multiple: first.multiple,
                 backoff: first.backoff,
+                valid_rounds: valid.len(),
                 goodput_vs_peak: of(&|s| s.goodput_vs_peak),
                 admitted_p99_vs_unloaded: of(&|s| s.admitted_p99_vs_unloaded),
                 rejection_p99_us: of(&|s| s.rejection_p99_us as f64),
@@ -302,6 +332,7 @@ fn step(multiple: f64, backoff: bool, peak: f64, unloaded_p99_us: u64, m: &Measu
         turn_mean_us: turns.turn_mean_us,
         answer_hold_p50_us: turns.answer_hold_p50_us,
         answer_hold_p99_us: turns.answer_hold_p99_us,
+        generator_limited: generator_limited(r.generator_cpu_share(), r.send_lag_us.value_at_quantile(0.99)),
     }
 }
 
@@ -493,12 +524,15 @@ pub fn summary(r: &Report) -> String {
                 bucket_bound(s.answer_hold_p50_us),
                 bucket_bound(s.answer_hold_p99_us)
             ));
+            if let Some(why) = &s.generator_limited {
+                out.push_str(&format!("          not a measure of the server, left out of the medians: {why}\n"));
+            }
         }
     }
     for w in &r.summaries {
         out.push_str(&format!(
             "  {} over {} rounds: median (lowest-highest); capacity {:.0}/s ({:.0}-{:.0}), unloaded p99 {:.0} us \
-             ({:.0}-{:.0})\n    {:>4} {:>8} {:>20} {:>20} {:>24}\n",
+             ({:.0}-{:.0})\n    {:>4} {:>8} {:>20} {:>20} {:>24} {:>7}\n",
             w.name,
             w.rounds,
             w.capacity_per_s.median,
@@ -511,16 +545,18 @@ pub fn summary(r: &Report) -> String {
             "backoff",
             "goodput vs peak",
             "p99 / unloaded",
-            "rejection p99 us"
+            "rejection p99 us",
+            "rounds"
         ));
         for s in &w.steps {
-            let g = s.goodput_vs_peak;
-            let p = s.admitted_p99_vs_unloaded;
-            let j = s.rejection_p99_us;
+            let load = format!("    {:>3}x {:>8}", s.multiple, if s.backoff { "yes" } else { "no" });
+            let (Some(g), Some(p), Some(j)) = (s.goodput_vs_peak, s.admitted_p99_vs_unloaded, s.rejection_p99_us)
+            else {
+                out.push_str(&format!("{load} not valid: the generator limited every round\n"));
+                continue;
+            };
             out.push_str(&format!(
-                "    {:>3}x {:>8} {:>6.0}% ({:>3.0}-{:>3.0}%) {:>7.1}x ({:.1}-{:.1}x) {:>8.0} ({:.0}-{:.0})\n",
-                s.multiple,
-                if s.backoff { "yes" } else { "no" },
+                "{load} {:>6.0}% ({:>3.0}-{:>3.0}%) {:>7.1}x ({:.1}-{:.1}x) {:>8.0} ({:.0}-{:.0}) {:>4} of {}\n",
                 g.median * 100.0,
                 g.low * 100.0,
                 g.high * 100.0,
@@ -529,7 +565,9 @@ pub fn summary(r: &Report) -> String {
                 p.high,
                 j.median,
                 j.low,
-                j.high
+                j.high,
+                s.valid_rounds,
+                w.rounds
             ));
         }
     }
@@ -549,6 +587,14 @@ pub fn summary(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::Spread;
+
+    #[test]
+    fn a_step_is_generator_limited_by_a_busy_core_or_late_sends() {
+        use super::generator_limited;
+        assert_eq!(generator_limited(0.5, 1_400), None);
+        assert_eq!(generator_limited(0.92, 1_400).as_deref(), Some("the generator used 92% of its core"));
+        assert_eq!(generator_limited(0.3, 42_111).as_deref(), Some("the generator's send lag p99 was 42.1 ms"));
+    }
 
     #[test]
     fn a_spread_is_the_median_round_between_the_lowest_and_highest() {
