@@ -102,11 +102,12 @@ pub struct Step {
     /// The generator's own send lag at p99 (intended send time to the request handed to the
     /// kernel), µs: part of every latency of the step, the server's none of it.
     pub send_lag_p99_us: u64,
-    /// The node's loop over the step, from its metrics: turns that answered something, per second.
+    /// The node's loop over the step, from its metrics: sends of answers per second (a turn
+    /// sends at its end, and every 1 ms of a long turn).
     pub turns_per_s: f64,
-    /// Their mean length, µs: from the ring's return to the turn's answers going to the sends.
+    /// Their mean time since their turn began (the ring's return), µs.
     pub turn_mean_us: f64,
-    /// How long a turn held its first answer, at the median and p99: the upper bound of the
+    /// How long a send's oldest answer was held, at the median and p99: the upper bound of the
     /// node's power-of-two bucket holding it, µs (the true figure is above half of it).
     pub answer_hold_p50_us: u64,
     pub answer_hold_p99_us: u64,

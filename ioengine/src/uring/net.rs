@@ -1343,4 +1343,90 @@ mod tests {
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
     }
+
+    /// Echoes each receive's bytes upper-cased, after a pause per receive (a slow handler, or a
+    /// core that runs in slices); input starting with `S` first stalls the runtime, so that the
+    /// other clients' bytes pile up for one turn.
+    struct SlowEcho {
+        net: RefCell<Option<Rc<Net>>>,
+        closed: std::cell::Cell<usize>,
+        per_receive: Duration,
+        stall: Duration,
+    }
+
+    impl NetHandler for SlowEcho {
+        fn accepted(&self, _conn: ConnId, _listener: usize) {}
+        fn received(&self, conn: ConnId, input: &[u8]) -> usize {
+            let net = self.net.borrow().clone().unwrap();
+            std::thread::sleep(if input.starts_with(b"S") { self.stall } else { self.per_receive });
+            net.send_with(conn, |out| out.extend(input.iter().map(u8::to_ascii_uppercase)));
+            input.len()
+        }
+        fn closed(&self, _conn: ConnId, _reason: &str) {
+            self.closed.set(self.closed.get() + 1);
+        }
+    }
+
+    /// A turn that handles many receives (here 29 of 400 µs each) sends its answers as it goes,
+    /// every millisecond or so, instead of all of them at its end: the first answers arrive
+    /// milliseconds before the last.
+    #[test]
+    fn a_long_turn_sends_its_answers_as_it_goes() {
+        const CLIENTS: usize = 30;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            block_on(async move {
+                let net = Net::install(NetLimits::default()).unwrap();
+                let echo = Rc::new(SlowEcho {
+                    net: RefCell::new(Some(net.clone())),
+                    closed: std::cell::Cell::new(0),
+                    per_receive: Duration::from_micros(400),
+                    stall: Duration::from_millis(50),
+                });
+                net.set_handler(echo.clone());
+                let listener = net.listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
+                tx.send(net.local_addr(listener)).unwrap();
+                while echo.closed.get() < CLIENTS {
+                    sleep(Duration::from_millis(1)).await;
+                }
+                net.stop_listening();
+                echo.net.borrow_mut().take();
+            })
+            .unwrap()
+        });
+        let addr = rx.recv().unwrap();
+        // Every connection accepted and answering before the measured turn.
+        let mut clients: Vec<std::net::TcpStream> =
+            (0..CLIENTS).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        for client in &mut clients {
+            client.write_all(b"a").unwrap();
+            let mut answer = [0u8; 1];
+            client.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"A");
+        }
+        // The first client stalls the runtime; the others' bytes arrive meanwhile and are all
+        // handled in the next turn, each receive taking 400 µs.
+        clients[0].write_all(b"S").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let readers: Vec<_> = clients
+            .drain(1..)
+            .map(|mut client| {
+                client.write_all(b"x").unwrap();
+                std::thread::spawn(move || {
+                    let mut answer = [0u8; 1];
+                    client.read_exact(&mut answer).unwrap();
+                    assert_eq!(&answer, b"X");
+                    Instant::now()
+                })
+            })
+            .collect();
+        let arrivals: Vec<Instant> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        let (first, last) = (arrivals.iter().min().unwrap(), arrivals.iter().max().unwrap());
+        let spread = last.saturating_duration_since(*first);
+        // About 11.6 ms of handling in one turn: sent at its end, the answers would arrive
+        // within a fraction of a millisecond of each other.
+        assert!(spread >= Duration::from_millis(4), "the turn's answers arrived within {spread:?}");
+        drop(clients);
+        server.join().unwrap();
+    }
 }

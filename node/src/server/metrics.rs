@@ -74,10 +74,10 @@ pub struct ShardMetrics {
     /// Time requests sat in the socket before the server read them (from the kernel's
     /// receive timestamp).
     pub socket_wait: Histogram,
-    /// Each turn of the shard's loop that answered something: from the ring's return to the
-    /// turn's answers being handed to the sends.
+    /// Each sending of answers by the shard's loop (at a turn's end, and every 1 ms of a long
+    /// turn): from the turn's start (the ring's return) to the answers being handed to the sends.
     pub turn: Histogram,
-    /// Each such turn's oldest answer: from being queued to being handed to the sends.
+    /// Each such send's oldest answer: from being queued to being handed to the sends.
     pub answer_hold: Histogram,
     /// Copied from the shard every 500 ms.
     pub wal_fsyncs: AtomicU64,
@@ -268,10 +268,10 @@ const SHARD_HISTOGRAMS: [ShardHistogram; 4] = [
     }),
     (
         "strata_turn_seconds",
-        "Each turn of the shard's loop that answered requests: from the ring's return to its answers being sent.",
+        "Each sending of answers by the shard's loop: from the start of its turn (the ring's return) to the send.",
         |m| &m.turn,
     ),
-    ("strata_answer_hold_seconds", "Each such turn's oldest answer: from being queued to being sent.", |m| {
+    ("strata_answer_hold_seconds", "Each such send's oldest answer: from being queued to being sent.", |m| {
         &m.answer_hold
     }),
 ];

@@ -912,8 +912,9 @@ impl NetHandler for Server {
     }
 
     fn flush(&self) {
-        // A turn that answered something: how long it ran, and how long its first answer was
-        // held, both up to the sends that start now.
+        // Answers to send (at the turn's end, or from the middle of a long turn): how long the
+        // turn has run, and how long the first of them was held, both up to the sends that
+        // start now.
         if let Some(first) = self.first_answer_at.take() {
             let now = Instant::now();
             self.metrics.turn.record(now.saturating_duration_since(uring::turn_time()).as_micros() as u64);
